@@ -1,0 +1,3 @@
+from statmech_nn.cli import main
+
+raise SystemExit(main())
