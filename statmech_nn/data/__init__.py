@@ -1,0 +1,11 @@
+"""Datasets: ``load(name, ...) -> Splits`` for cifar10, cifar100, flowers102, digits, synthetic.
+
+``catalog`` (what exists, ``load``), ``splits`` (the ``Splits`` bundle, seeded splitting),
+``transforms`` (augmentation presets, mixup / cutmix), ``vision`` (torchvision datasets on disk),
+``digits`` (scikit-learn digits) and ``synthetic`` (the procedural hierarchy dataset).
+"""
+
+from statmech_nn.data.catalog import DATA_ENV, DataOptionError, data_root, load, names, spec
+from statmech_nn.data.splits import Splits
+
+__all__ = ["DATA_ENV", "DataOptionError", "Splits", "data_root", "load", "names", "spec"]

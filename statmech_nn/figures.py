@@ -1,0 +1,169 @@
+"""Matplotlib figures (Agg backend, PNG) of the order parameters; each returns the saved path."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return target
+
+
+def depth_profile(
+    stats: Mapping[str, xr.Dataset], path: str | os.PathLike, snr_variant: str = "labels"
+) -> Path:
+    """Readout accuracy and SNR along depth, one line per site kind.
+
+    ``stats`` maps kind to :func:`statmech_nn.order.site_statistics` output (``accuracy`` is
+    plotted when present).
+    """
+    fig, (ax_acc, ax_snr) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for kind, st in stats.items():
+        layer = st["layer"].values
+        if "accuracy" in st:
+            ax_acc.plot(layer, st["accuracy"].values, "o-", label=kind)
+        snr = st[f"snr_{snr_variant}"].values.astype(float)
+        ax_snr.plot(layer, np.where(np.isfinite(snr), snr, np.nan), "o-", label=kind)
+    ax_acc.set(xlabel="layer", ylabel="readout accuracy", title="accuracy along depth")
+    ax_snr.set(xlabel="layer", ylabel=f"SNR ({snr_variant})", title="SNR along depth")
+    for ax in (ax_acc, ax_snr):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    return _save(fig, path)
+
+
+def node_gallery(
+    binary: xr.DataArray, path: str | os.PathLike, nodes_per_layer: int = 4, seed: int = 0
+) -> Path:
+    """Binarised node matrices ``(layer, node, label_true, label_out)``: a few nodes per layer.
+
+    Nodes are drawn at random (seeded) among the real nodes of each layer (NaN padding skipped
+    when ``binary`` carries a ``valid (layer, node)`` coordinate).
+    """
+    layers = binary.sizes["layer"]
+    cols = min(nodes_per_layer, binary.sizes["node"])
+    fig, axes = plt.subplots(
+        layers, cols, figsize=(1.6 * cols + 0.6, 1.6 * layers + 0.4), squeeze=False
+    )
+    rng = np.random.default_rng(seed)
+    for i in range(layers):
+        layer = binary.isel(layer=i)
+        pool = np.arange(binary.sizes["node"])
+        if "valid" in layer.coords:
+            pool = pool[layer["valid"].values.astype(bool)]
+        chosen = np.sort(rng.choice(pool, size=min(cols, len(pool)), replace=False))
+        for j in range(cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(chosen):
+                ax.imshow(layer.isel(node=int(chosen[j])).values, cmap="Greys", vmin=0, vmax=1)
+                ax.set_title(f"L{int(binary['layer'][i])} n{int(chosen[j])}", fontsize=7)
+            else:
+                ax.axis("off")
+    fig.suptitle(f"binarised node matrices (theta = {binary.attrs.get('theta', '?')})")
+    return _save(fig, path)
+
+
+def expertise_heatmaps(sym: xr.Dataset, path: str | os.PathLike) -> Path:
+    """Head x label expertise counts per block, titled with Q and its null band, plus Q vs depth.
+
+    ``sym`` is :func:`statmech_nn.order.head_symmetry` output.
+    """
+    layers = sym.sizes["layer"]
+    cols = min(4, layers + 1)
+    rows = math.ceil((layers + 1) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.4 * rows), squeeze=False)
+    flat = axes.ravel()
+    for i in range(layers):
+        s = sym.isel(layer=i)
+        ax = flat[i]
+        im = ax.imshow(s["counts"].values, aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_title(
+            f"block {int(s['layer'])}: Q={float(s['Q']):.3f}\n"
+            f"null {float(s['Q_null_mean']):.3f}±{float(s['Q_null_std']):.3f}, "
+            f"p={float(s['Q_pvalue']):.3g}",
+            fontsize=8,
+        )
+        ax.set_xlabel("label")
+        ax.set_ylabel("head")
+        ax.set_yticks(range(s.sizes["head"]))
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    ax = flat[layers]
+    _q_with_band(ax, sym["layer"].values, sym["Q"], sym["Q_null_mean"], sym["Q_null_std"])
+    ax.set(xlabel="block", ylabel="Q", title="Q along depth")
+    for extra in flat[layers + 1 :]:
+        extra.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _q_with_band(ax, x, q, mean, std) -> None:
+    mean, std = np.asarray(mean, float), np.asarray(std, float)
+    ax.fill_between(x, mean - 2 * std, mean + 2 * std, color="grey", alpha=0.3, label="null ±2σ")
+    ax.plot(x, mean, "--", color="grey")
+    ax.plot(x, np.asarray(q, float), "o-", color="C3", label="Q")
+    ax.set_ylim(-0.02, 1.02)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def q_over_training(q: xr.Dataset, path: str | os.PathLike) -> Path:
+    """``Q`` against epoch, one panel per block, with the null band.
+
+    ``q`` has variables ``Q``, ``Q_null_mean``, ``Q_null_std`` with dims ``(epoch, layer)``.
+    """
+    layers = q.sizes["layer"]
+    cols = min(4, layers)
+    rows = math.ceil(layers / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
+    flat = axes.ravel()
+    epoch = q["epoch"].values
+    for i in range(layers):
+        s = q.isel(layer=i)
+        _q_with_band(flat[i], epoch, s["Q"], s["Q_null_mean"], s["Q_null_std"])
+        flat[i].set(xlabel="epoch", ylabel="Q", title=f"block {int(q['layer'][i])}")
+    for extra in flat[layers:]:
+        extra.axis("off")
+    fig.suptitle("head symmetry breaking over training")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def scaling_curves(result: xr.Dataset, path: str | os.PathLike) -> Path:
+    """Error and SNR against the number of labels K (draws as points, the linear fit as a line).
+
+    ``result`` is :func:`statmech_nn.scaling.scaling` output.
+    """
+    names = [n for n in ("error", "snr", "cluster_size") if n in result]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.8 * len(names), 3.4), squeeze=False)
+    k = result["K"].values.astype(float)
+    for ax, name in zip(axes.ravel(), names, strict=True):
+        values = result[name].values
+        for d in range(values.shape[1]):
+            ax.plot(k, values[:, d], "o", color="C0", alpha=0.6)
+        slope, intercept = float(result[f"{name}_slope"]), float(result[f"{name}_intercept"])
+        ax.plot(k, intercept + slope * k, "-", color="C3")
+        ax.set(
+            xlabel="K (labels)", ylabel=name, title=f"{name}: R²={float(result[f'{name}_r2']):.2f}"
+        )
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,52 @@
+"""Order parameters of SNP matrices: clusters, noise, signal, SNR, head symmetry breaking.
+
+METHODS.md sections 5 and 6. ``clusters`` works on raw boolean arrays, ``stats`` and
+``symmetry`` on the SNP ``xarray.Dataset`` (see docs/architecture.md), ``schema`` reads it.
+"""
+
+from __future__ import annotations
+
+from statmech_nn.order.clusters import NodeClusters, greedy_clusters, node_clusters
+from statmech_nn.order.metrics import layer_labels, site_metrics, symmetry_metrics
+from statmech_nn.order.schema import (
+    ThresholdError,
+    binarize,
+    check_theta,
+    head_kinds,
+    kinds,
+    node_matrices,
+    valid_nodes,
+)
+from statmech_nn.order.stats import SNR_VARIANTS, site_statistics, snr, statistics
+from statmech_nn.order.symmetry import (
+    expertise,
+    head_symmetry,
+    null_distribution,
+    order_parameter,
+    permuted_heads,
+)
+
+__all__ = [
+    "SNR_VARIANTS",
+    "NodeClusters",
+    "ThresholdError",
+    "binarize",
+    "check_theta",
+    "expertise",
+    "greedy_clusters",
+    "head_kinds",
+    "head_symmetry",
+    "kinds",
+    "layer_labels",
+    "node_clusters",
+    "node_matrices",
+    "null_distribution",
+    "order_parameter",
+    "permuted_heads",
+    "site_metrics",
+    "site_statistics",
+    "snr",
+    "statistics",
+    "symmetry_metrics",
+    "valid_nodes",
+]

@@ -1,0 +1,172 @@
+"""Per-node and per-site cluster statistics and SNR of one site kind (METHODS.md section 5).
+
+SNR variants (option ``snr``), each in two forms:
+
+- ``labels`` (headline): per node ``S_n`` over ``noise_n``.
+- ``elements``: per node ``sum |c|^2`` over ``noise_n``.
+- ``per_cluster``: per cluster ``|c|`` over ``cluster_noise_c``, the above-threshold elements in
+  the columns of the cluster's labels outside every cluster block.
+
+The *ratio* form (``snr_{variant}``, the headline) divides the mean numerator by the mean
+denominator over the units: nodes with at least one cluster (``labels``, ``elements``) or all
+clusters of the site (``per_cluster``). It is ``inf`` when the units have signal but no noise at
+all, NaN when there are no units. The *mean* form (``snr_{variant}_mean``) averages the per-unit
+ratios; **zero-noise rule**: units whose denominator is 0 are excluded from that mean and counted
+in ``snr_{variant}_zero_noise``. The per-node ratios themselves (``snr_{variant}_node``) are kept
+as computed: ``inf`` for a node with clusters and no noise, NaN for a node without clusters; for
+``per_cluster`` the per-node value is ``S_n / sum_c cluster_noise_c``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from statmech_nn.order.clusters import node_clusters
+from statmech_nn.order.schema import binarize, kinds, node_matrices, valid_nodes
+
+SNR_VARIANTS = ("labels", "elements", "per_cluster")
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num = np.asarray(num, dtype=float)
+    den = np.asarray(den, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = num / den
+    return np.where((den == 0) & (num > 0), np.inf, out)
+
+
+def _masked_mean(values: np.ndarray, mask: np.ndarray, axis) -> np.ndarray:
+    count = mask.sum(axis=axis)
+    total = np.where(mask, values, 0.0).sum(axis=axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _snr_forms(num: np.ndarray, den: np.ndarray, units: np.ndarray, axis):
+    ratio = _ratio(_masked_mean(num, units, axis), _masked_mean(den, units, axis))
+    finite = units & (den > 0)
+    per_unit = np.where(finite, num / np.where(den > 0, den, 1), 0.0)
+    return ratio, _masked_mean(per_unit, finite, axis), (units & (den == 0)).sum(axis=axis)
+
+
+def site_statistics(ds: xr.Dataset, kind: str, theta: float = 0.3) -> xr.Dataset:
+    """Clusters, signal, noise and SNR of every node of site kind ``kind``, and their site means.
+
+    Returns a Dataset with per-node variables ``(layer, node)`` (NaN on padded nodes), per-label
+    variables ``(layer, node, label)``, per-site variables ``(layer,)`` and the cluster-size
+    histogram ``cluster_size_hist (layer, size)``. Site means come in two flavours:
+    ``*_clustered`` over nodes with at least one cluster, ``*_all`` over all (real) nodes.
+    """
+    matrices = node_matrices(ds, kind)
+    binary = binarize(matrices, theta)
+    valid = valid_nodes(matrices).values
+    nc = node_clusters(binary.values)
+    n_labels = matrices.sizes["label_true"]
+
+    signal = nc.signal.astype(float)
+    noise = nc.noise.astype(float)
+    elements = nc.in_blocks.astype(float)
+    n_clusters = nc.n_clusters.astype(float)
+    clustered = valid & (n_clusters > 0)
+    exists = nc.sizes > 0
+    pooled_cluster_noise = np.where(exists, nc.cluster_noise, 0).sum(-1).astype(float)
+
+    def per_node(values):
+        return np.where(valid, values, np.nan)
+
+    dims = ("layer", "node")
+    node_coords = {k: v for k, v in matrices.coords.items() if set(v.dims) <= {"layer", "node"}}
+    label = matrices["label_true"].values
+    out = xr.Dataset(
+        {
+            "valid": (dims, valid),
+            "signal": (dims, per_node(signal)),
+            "noise": (dims, per_node(noise)),
+            "in_blocks": (dims, per_node(elements)),
+            "ones": (dims, per_node(nc.ones.astype(float))),
+            "n_clusters": (dims, per_node(n_clusters)),
+            "mean_cluster_size": (
+                dims,
+                np.where(clustered, signal / np.maximum(n_clusters, 1), np.nan),
+            ),
+            "diagonal": ((*dims, "label"), nc.diagonal & valid[..., None]),
+            "cluster": ((*dims, "label"), np.where(valid[..., None], nc.cluster, -1)),
+            "snr_labels_node": (dims, np.where(clustered, _ratio(signal, noise), np.nan)),
+            "snr_elements_node": (dims, np.where(clustered, _ratio(elements, noise), np.nan)),
+            "snr_per_cluster_node": (
+                dims,
+                np.where(clustered, _ratio(signal, pooled_cluster_noise), np.nan),
+            ),
+        },
+        coords={**node_coords, "label": label},
+    )
+
+    site_axis = 1
+    out["nodes"] = ("layer", valid.sum(site_axis))
+    out["nodes_clustered"] = ("layer", clustered.sum(site_axis))
+    for name, values in (("signal", signal), ("noise", noise), ("clusters", n_clusters)):
+        out[f"{name}_clustered"] = ("layer", _masked_mean(values, clustered, site_axis))
+        out[f"{name}_all"] = ("layer", _masked_mean(values, valid, site_axis))
+    total_clusters = np.where(valid, n_clusters, 0).sum(site_axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["cluster_size"] = (
+            "layer",
+            np.where(
+                total_clusters > 0,
+                np.where(valid, signal, 0).sum(site_axis) / np.maximum(total_clusters, 1),
+                np.nan,
+            ),
+        )
+
+    sizes = np.where(valid[..., None], nc.sizes, 0)
+    hist = np.stack(
+        [np.bincount(s[s > 0], minlength=n_labels + 1)[1:] for s in sizes.reshape(len(sizes), -1)]
+    )
+    out["cluster_size_hist"] = (("layer", "size"), hist)
+    out = out.assign_coords(size=np.arange(1, n_labels + 1))
+
+    for variant, num, den in (("labels", signal, noise), ("elements", elements, noise)):
+        ratio, mean, zero = _snr_forms(num, den, clustered, site_axis)
+        out[f"snr_{variant}"] = ("layer", ratio)
+        out[f"snr_{variant}_mean"] = ("layer", mean)
+        out[f"snr_{variant}_zero_noise"] = ("layer", zero)
+    units = exists & valid[..., None]
+    flat = units.reshape(len(units), -1)
+    ratio, mean, zero = _snr_forms(
+        nc.sizes.reshape(len(units), -1).astype(float),
+        nc.cluster_noise.reshape(len(units), -1).astype(float),
+        flat,
+        site_axis,
+    )
+    out["snr_per_cluster"] = ("layer", ratio)
+    out["snr_per_cluster_mean"] = ("layer", mean)
+    out["snr_per_cluster_zero_noise"] = ("layer", zero)
+
+    out = out.assign_coords(layer=matrices["layer"].values)
+    out.attrs = {
+        "kind": kind,
+        "theta": float(binary.attrs["theta"]),
+        "snr_variants": list(SNR_VARIANTS),
+    }
+    if f"acc_{kind}" in ds:
+        out["accuracy"] = ("layer", ds[f"acc_{kind}"].values)
+    return out
+
+
+def statistics(
+    ds: xr.Dataset, theta: float = 0.3, kinds_: list[str] | None = None
+) -> dict[str, xr.Dataset]:
+    """:func:`site_statistics` of every site kind of ``ds`` (or of ``kinds_``), keyed by kind."""
+    return {kind: site_statistics(ds, kind, theta) for kind in (kinds_ or kinds(ds))}
+
+
+def snr(stats: xr.Dataset, variant: str = "labels", form: str = "ratio") -> xr.DataArray:
+    """The site SNR ``(layer,)`` of ``variant`` (labels/elements/per_cluster), form ratio/mean."""
+    from statmech_nn.errors import UnknownNameError
+
+    if variant not in SNR_VARIANTS:
+        raise UnknownNameError(f"unknown SNR variant {variant!r}; choose one of {SNR_VARIANTS}")
+    if form not in ("ratio", "mean"):
+        raise UnknownNameError(f"unknown SNR form {form!r}; choose 'ratio' or 'mean'")
+    return stats[f"snr_{variant}" + ("_mean" if form == "mean" else "")]

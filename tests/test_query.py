@@ -1,0 +1,102 @@
+"""Order parameters across MLflow runs: values, params, filters, the Q > 0.5 example, files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from statmech_nn import query
+from statmech_nn.errors import TrackingError
+
+RUNS = {
+    "deep": {"theta": "0.3", "Q": [0.1, 0.4, 0.7], "snr": [1.0, 2.0, 3.0], "andc": 0.9},
+    "shallow": {"theta": "0.5", "Q": [0.2, 0.3], "snr": [0.5, 0.25], "andc": None},
+    "flat": {"theta": "0.3", "Q": [0.6, 0.55, 0.45], "snr": [2.0, 2.0, 2.0], "andc": 0.5},
+}
+
+
+@pytest.fixture
+def store(workdir):
+    import mlflow
+
+    from statmech_nn import tracking
+
+    tracking.init_store()
+    ids = {}
+    for name, spec in RUNS.items():
+        experiment = "other" if name == "flat" else "main"
+        with tracking.run(experiment, run_name=name, tags={"statmech_nn.kind": "order"}) as run:
+            ids[name] = run.info.run_id
+            mlflow.log_param("theta", spec["theta"])
+            metrics = {f"order.Q.block{i}": q for i, q in enumerate(spec["Q"])}
+            metrics.update({f"snr.ff.block{i}": s for i, s in enumerate(spec["snr"])})
+            if spec["andc"] is not None:
+                metrics["andc.accuracy"] = spec["andc"]
+            mlflow.log_metrics(metrics)
+            mlflow.log_metric("order.Q.block0", -1.0, step=0)  # older step: not the latest
+            mlflow.log_metric("order.Q.block0", spec["Q"][0], step=5)
+    return ids
+
+
+def test_variable_names():
+    assert query.variable_name("order.Q.block5") == ("order_Q", 5)
+    assert query.variable_name("order.Q_null_mean.block12") == ("order_Q_null_mean", 12)
+    assert query.variable_name("acc.readout.conv.conv3") == ("acc_readout_conv", 3)
+    assert query.variable_name("andc.accuracy") == ("andc_accuracy", None)
+
+
+def test_values_params_and_layers(store):
+    ds = query.order_parameters()
+    assert set(ds["run"].values) == set(store.values())
+    assert ds["order_Q"].dims == ("run", "layer") and list(ds["layer"].values) == [0, 1, 2]
+    for name, spec in RUNS.items():
+        row = ds.sel(run=store[name])
+        q = row["order_Q"].values
+        np.testing.assert_allclose(q[: len(spec["Q"])], spec["Q"])
+        assert np.isnan(q[len(spec["Q"]) :]).all()
+        np.testing.assert_allclose(row["snr_ff"].values[: len(spec["snr"])], spec["snr"])
+        assert str(row["param_theta"].values) == spec["theta"]
+        assert str(row["run_name"].values) == name
+        assert str(row["run_kind"].values) == "order"
+        if spec["andc"] is None:
+            assert np.isnan(row["andc_accuracy"])
+        else:
+            assert float(row["andc_accuracy"]) == spec["andc"]
+
+
+def test_q_above_half_in_last_block(store):
+    ds = query.order_parameters()
+    chosen = set(ds["run"][query.last_layer(ds["order_Q"]) > 0.5].values)
+    assert chosen == {store["deep"]}  # deep ends at 0.7; shallow at 0.3; flat at 0.45
+
+
+def test_experiment_and_filter(store):
+    main = query.order_parameters(experiment="main")
+    assert set(main["run"].values) == {store["deep"], store["shallow"]}
+    filtered = query.order_parameters(filter_string="params.theta = '0.3'")
+    assert set(filtered["run"].values) == {store["deep"], store["flat"]}
+    high = query.order_parameters(filter_string="metrics.`order.Q.block2` > 0.5")
+    assert set(high["run"].values) == {store["deep"]}
+    with pytest.raises(TrackingError, match="no MLflow experiment"):
+        query.order_parameters(experiment="missing")
+
+
+def test_query_command_writes_files(store, workdir, capsys):
+    import pandas as pd
+
+    from statmech_nn import cli
+
+    rc = cli.main(["query", "--experiment", "main", "--csv", "q.csv", "--netcdf", "q.nc"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "order_Q" in out and store["deep"][:8] in out and store["flat"][:8] not in out
+    table = pd.read_csv(workdir / "q.csv")
+    deep = table[table["run"] == store["deep"]].sort_values("layer")
+    np.testing.assert_allclose(deep["order_Q"], RUNS["deep"]["Q"])
+    with xr.open_dataset(workdir / "q.nc", engine="h5netcdf") as saved:
+        np.testing.assert_allclose(
+            saved["snr_ff"].sel(run=store["deep"]).values, RUNS["deep"]["snr"]
+        )
+    assert cli.main(["query", "--filter", "params.theta = '0.9'"]) == 0
+    assert "no runs match" in capsys.readouterr().out
