@@ -1,0 +1,133 @@
+"""``statmech-nn snp RUN_ID``: single-node matrices of a trained run, logged in a child run."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "snp",
+        help="compute the single-node (SNP) matrices of a training run's checkpoint",
+        description=(
+            "Load the checkpoint of training run RUN_ID, train a linear readout per site on the "
+            "frozen network (train split), then compute every node's labels x labels matrix on "
+            "the test split (METHODS.md sections 3-4). The tensor is logged in a child run "
+            "'snp' nested under the training run: artifact snp/snp.nc, metrics "
+            "acc.readout.{kind}.{block_i|conv_i}, every choice as a param. Prints the child run "
+            "id on the last line; load the tensor with statmech_nn.load_snp(RUN_ID)."
+        ),
+    )
+    parser.add_argument("run_id", metavar="RUN_ID", help="the MLflow id of a training run")
+    parser.add_argument(
+        "--epoch",
+        type=int,
+        default=None,
+        help="checkpoint epoch to analyse (default: the last one; 0 is the untrained network)",
+    )
+    parser.add_argument(
+        "--sites",
+        default="all",
+        help=(
+            "sites to read, comma-separated: 'all', kinds (mha,ff,ff_hidden,attn_out,conv), site "
+            "names (block3.mha), or module paths with options (encoder.layers.1:heads=4). "
+            "Default: all"
+        ),
+    )
+    parser.add_argument(
+        "--readout",
+        default="seqpool",
+        choices=("seqpool", "flatten", "mean"),
+        help="readout trained on each site (default: seqpool)",
+    )
+    parser.add_argument(
+        "--silencing",
+        default="pre_pool",
+        choices=("pre_pool", "post_pool"),
+        help=(
+            "seqpool only: silence the other nodes before pooling (pre_pool, default) or after "
+            "it (post_pool, fields add up to the logits)"
+        ),
+    )
+    parser.add_argument(
+        "--readout-epochs",
+        type=int,
+        default=10,
+        help="epochs of readout training (default: 10; the papers used 200 on CIFAR)",
+    )
+    parser.add_argument(
+        "--readout-lr", type=float, default=0.01, help="readout SGD learning rate (default: 0.01)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=128,
+        help="batch size of readout training and evaluation (default: 128)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=128,
+        help="samples per accumulation step of the matrices; bounds memory (default: 128)",
+    )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "val", "train"),
+        help="split the matrices are averaged over (default: test)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="readout seed (default: 0)")
+    parser.add_argument(
+        "--limit-train",
+        type=int,
+        default=None,
+        help="train readouts on a seeded random subset of this many samples (quick looks)",
+    )
+    parser.add_argument(
+        "--limit-eval",
+        type=int,
+        default=None,
+        help="compute the matrices on a seeded random subset of this many samples",
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)"
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from statmech_nn import snp
+
+    child_id, ds = snp.compute_for_run(
+        args.run_id,
+        epoch=args.epoch,
+        sites=args.sites,
+        readout=args.readout,
+        silencing=args.silencing,
+        readout_epochs=args.readout_epochs,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        split=args.split,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+        tracking_uri=args.tracking_uri,
+        limit_train=args.limit_train,
+        limit_eval=args.limit_eval,
+        readout_options={"lr": args.readout_lr},
+    )
+    for kind in ds.attrs["kinds"]:
+        accs = ", ".join(
+            f"{int(layer)}: {float(acc):.3f}"
+            for layer, acc in zip(ds.layer.values, ds[f"acc_{kind}"].values, strict=True)
+            if acc == acc
+        )
+        print(f"readout accuracy {kind} by layer: {accs}")
+    print(child_id)
+    return 0
