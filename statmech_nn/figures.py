@@ -43,6 +43,7 @@ def depth_profile(
     ax_snr.set(xlabel="layer", ylabel=f"SNR ({snr_variant})", title="SNR along depth")
     for ax in (ax_acc, ax_snr):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     return _save(fig, path)

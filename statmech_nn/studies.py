@@ -572,6 +572,7 @@ class MlflowTrialLogger:
         tags = {
             "mlflow.parentRunId": self.target.study_run_id,
             "mlflow.runName": f"trial-{trial.number}",
+            "statmech_nn.kind": "trial",
             "optuna.study_name": self.target.study_name,
             "optuna.trial_number": str(trial.number),
             "optuna.state": trial.state.name,
@@ -1165,6 +1166,7 @@ def _study_run(client: Any, snp_run_id: str, study_name: str, storage: str) -> s
     tags = {
         "mlflow.parentRunId": snp_run_id,
         "mlflow.runName": "study",
+        "statmech_nn.kind": "study",
         "statmech.study_name": study_name,
         "statmech.optuna_storage": _redact(storage),
     }
