@@ -21,6 +21,7 @@ COMMANDS = (
     "order",
     "scaling",
     "study",
+    "prune",
     "query",
     "report",
     "models",

@@ -252,7 +252,11 @@ def summary_table(result: DemoResult) -> str:
     if front:
         lines.append("")
         lines.append("ANDC Pareto front (thresholds -> readout accuracy, pruned fraction):")
-        for point in sorted(front, key=lambda p: p["metrics"].get("andc.pruned_fraction", 0)):
+        front = sorted(front, key=lambda p: p["metrics"].get("andc.pruned_fraction", 0))
+        if len(front) > 8:
+            front = [front[round(i * (len(front) - 1) / 7)] for i in range(8)]
+            lines[-1] += " (8 of them, evenly spread)"
+        for point in front:
             thetas = ", ".join(f"{k}={v:.3f}" for k, v in sorted(point["params"].items()))
             m = point["metrics"]
             lines.append(

@@ -432,13 +432,14 @@ def site_features(
 
 
 def _site_features(activations, readout, weight, pool_weight, pool_bias, tokens_major, torch):
-    a = activations.to(torch.float32)
-    w = weight.detach().to(torch.float32)
+    a = activations.detach().to("cpu", torch.float32)
+    w = weight.detach().to("cpu", torch.float32)
     if readout == "seqpool":
         if pool_weight is None:
             raise SchemaError("seqpool readout needs pool_weight (g) and pool_bias (g0)")
-        g = pool_weight.detach().reshape(-1).to(torch.float32)
-        g0 = torch.as_tensor(0.0 if pool_bias is None else pool_bias, dtype=torch.float32)
+        g = pool_weight.detach().reshape(-1).to("cpu", torch.float32)
+        g0 = torch.as_tensor(0.0 if pool_bias is None else pool_bias).detach()
+        g0 = g0.to("cpu", torch.float32)
         pool = torch.softmax(a @ g + g0.reshape(()), dim=1)
         inputs = torch.einsum("bt,btn->bn", pool, a)
         return SiteFeatures("pooled", inputs.numpy(), w.numpy())

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One GPU check of the whole pipeline (run on a CUDA machine from the repository root):
+# the demo on CUDA (AMP training, SNP, order over checkpoints, ANDC study, report), then the
+# reference-sized CCT-7/3x1 with the CIFAR-100 recipe on the procedural 100-class dataset.
+# Usage: OUT=/some/dir bash benchmarks/gpu_check.sh   (wheels in .whl/ are installed first if present)
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch, xarray, mlflow, optuna; print('torch', torch.__version__, 'xarray', xarray.__version__, 'mlflow', mlflow.__version__, 'optuna', optuna.__version__)" | tee -a "$OUT/gpu.txt"
+work=$(mktemp -d)
+cd "$work" || exit 1
+SECONDS=0
+timeout 120 python3 -m statmech_nn demo --device cuda 2>&1 | tee "$OUT/demo.log" | tail -40
+echo "demo: ${SECONDS}s rc=${PIPESTATUS[0]}" | tee -a "$OUT/gpu.txt"
+SECONDS=0
+run=$(timeout 100 python3 -m statmech_nn train --recipe cct-cifar100 --model cct_7_3x1_32 \
+    --dataset synthetic --epochs 3 --warmup-epochs 1 --checkpoint-every 3 --device cuda \
+    --experiment gpu-cct7 --workers 8 2>"$OUT/cct7_train.err" | tail -1)
+echo "cct7 train: ${SECONDS}s run=$run" | tee -a "$OUT/gpu.txt"
+tail -5 "$OUT/cct7_train.err"
+SECONDS=0
+timeout 60 python3 -m statmech_nn snp "$run" --sites mha,ff --readout-epochs 2 --device cuda \
+    --no-progress 2>&1 | tail -5 | tee -a "$OUT/gpu.txt"
+echo "cct7 snp (14 sites): ${SECONDS}s" | tee -a "$OUT/gpu.txt"
+python3 - <<'PY' | tee -a "$OUT/gpu.txt"
+import mlflow
+mlflow.set_tracking_uri("sqlite:///mlruns/mlflow.db")
+for r in mlflow.search_runs(search_all_experiments=True, output_format="list"):
+    m = r.data.metrics
+    keep = {k: round(v, 4) for k, v in m.items() if k in ("test_acc", "images_per_s") or k.startswith("acc.readout")}
+    print(r.info.run_name, r.info.status, keep)
+PY
+ls reports 2>/dev/null && cp reports/*.html "$OUT/" 2>/dev/null
+exit 0
