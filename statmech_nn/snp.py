@@ -56,6 +56,7 @@ from statmech_nn.readout import (
     ReadoutConfig,
     SeqPoolReadout,
     make_loader,
+    make_readout,
     progress_bar,
     resolve_device,
     train_readouts,
@@ -73,15 +74,21 @@ __all__ = [
     "compute_for_run",
     "load",
     "load_from_run",
+    "load_readouts",
     "matrices",
     "normalise",
+    "read_readouts",
     "save",
+    "save_readouts",
 ]
 
 SCHEMA = "statmech-nn.snp/1"
 SILENCINGS = ("pre_pool", "post_pool")
 SPLITS = ("test", "val", "train")
 ARTIFACT_PATH = "snp/snp.nc"
+READOUTS_FILE = "readouts.pt"
+READOUTS_META = "readouts.json"
+READOUTS_SCHEMA = "statmech-nn.readouts/1"
 KIND_TAG = "statmech_nn.kind"
 
 
@@ -469,13 +476,15 @@ def compute(
     progress: bool = True,
     readout_options: Mapping[str, Any] | None = None,
     attrs: Mapping[str, Any] | None = None,
-) -> xr.Dataset:
+    return_readouts: bool = False,
+) -> xr.Dataset | tuple[xr.Dataset, dict[str, Readout]]:
     """Train readouts on ``splits.train`` and return the SNP Dataset on ``splits.<split>``.
 
     ``splits`` has ``.train``, ``.val``, ``.test`` (datasets of ``(image, label)``), ``.classes``
     and ``.num_classes``. ``readout_options`` overrides :class:`ReadoutConfig` fields (lr,
     momentum, weight_decay, ...); ``attrs`` adds/overrides Dataset attrs (model, dataset,
     checkpoint, ...). The model is moved to ``device`` and left in its original train/eval mode.
+    With ``return_readouts`` returns ``(dataset, {site name: trained readout})``.
     """
     check_options(readout, silencing, split)
     evaluated = getattr(splits, split, None)
@@ -494,7 +503,7 @@ def compute(
     results = matrices(
         model, trained, evaluated, num_labels, silencing, batch_size, chunk_size, device, progress
     )
-    return build_dataset(
+    ds = build_dataset(
         results,
         list(splits.classes),
         readout=readout,
@@ -503,6 +512,7 @@ def compute(
         readout_config=config.to_json(),
         attrs=attrs,
     )
+    return (ds, trained) if return_readouts else ds
 
 
 def binarize(ds: xr.Dataset | xr.DataArray, theta: float = 0.3) -> xr.Dataset | xr.DataArray:
@@ -691,8 +701,9 @@ def compute_for_run(
     Loads the checkpoint (``epoch`` or the last), rebuilds the run's data without augmentation,
     trains the readouts on the train split and computes the matrices on ``split``. The child run
     gets the tag ``statmech_nn.kind=snp``, every choice as a param, the metrics
-    ``acc.readout.{kind}.{block_i|conv_i}`` and the artifact ``snp/snp.nc``, logged only once the
-    tensor is complete (an interrupted run ends FAILED without an artifact). Returns
+    ``acc.readout.{kind}.{block_i|conv_i}``, the trained readouts (``snp/readouts.pt`` and
+    ``snp/readouts.json``, see :func:`save_readouts`) and the artifact ``snp/snp.nc``, logged only
+    once the tensor is complete (an interrupted run ends FAILED without an artifact). Returns
     ``(child_run_id, dataset)``.
     """
     import mlflow
@@ -755,7 +766,7 @@ def compute_for_run(
             "mlflow_run_id": child_id,
             "training_run_id": run_id,
         }
-        ds = compute(
+        ds, trained = compute(
             ckpt.model,
             limited,
             site_list,
@@ -770,6 +781,7 @@ def compute_for_run(
             progress,
             readout_options=readout_options,
             attrs=attrs,
+            return_readouts=True,
         )
         metrics = {}
         for site in site_list:
@@ -778,5 +790,94 @@ def compute_for_run(
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             path = save(ds, Path(tmp) / "snp.nc")
-            mlflow.log_artifact(str(path), artifact_path=str(Path(ARTIFACT_PATH).parent))
+            folder = str(Path(ARTIFACT_PATH).parent)
+            for written in save_readouts(trained, Path(tmp)):
+                mlflow.log_artifact(str(written), artifact_path=folder)
+            mlflow.log_artifact(str(path), artifact_path=folder)
     return child_id, ds
+
+
+def save_readouts(readouts: Mapping[str, Readout], folder: str | os.PathLike) -> list[Path]:
+    """Write trained readouts as ``readouts.pt`` and ``readouts.json`` in ``folder``.
+
+    ``readouts.pt`` is ``{site name: state dict}`` of CPU tensors (load it with
+    ``torch.load(weights_only=True)``); ``readouts.json`` records, per site, the readout kind,
+    site kind and layer, ``tokens``/``nodes``/``labels`` and each tensor's shape, so the readouts
+    can be rebuilt without retraining (:func:`load_readouts`). Returns both paths.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    meta: dict[str, Any] = {"schema": READOUTS_SCHEMA, "sites": {}}
+    for name, r in readouts.items():
+        state = {k: v.detach().cpu().clone() for k, v in r.state_dict().items()}
+        states[name] = state
+        meta["sites"][name] = {
+            "readout": r.kind,
+            "kind": r.site.kind if r.site is not None else "",
+            "layer": r.site.layer if r.site is not None else -1,
+            "tokens": r.tokens,
+            "nodes": r.nodes,
+            "labels": r.labels,
+            "shapes": {k: list(v.shape) for k, v in state.items()},
+        }
+    weights = folder / READOUTS_FILE
+    torch.save(states, weights)
+    info = folder / READOUTS_META
+    info.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+    return [weights, info]
+
+
+def read_readouts(
+    folder: str | os.PathLike, sites: Sequence[Site], device: str | torch.device | None = None
+) -> dict[str, Readout]:
+    """Rebuild the readouts of ``sites`` from :func:`save_readouts` files in ``folder``.
+
+    Raises :class:`SchemaError` when a site is missing or its shapes differ from the stored ones.
+    """
+    folder = Path(folder)
+    meta = json.loads((folder / READOUTS_META).read_text(encoding="utf-8"))
+    if meta.get("schema") != READOUTS_SCHEMA:
+        raise SchemaError(f"{folder / READOUTS_META}: schema {meta.get('schema')!r}")
+    states = torch.load(folder / READOUTS_FILE, map_location="cpu", weights_only=True)
+    out: dict[str, Readout] = {}
+    for site in sites:
+        info = meta["sites"].get(site.name)
+        if info is None or site.name not in states:
+            raise SchemaError(f"stored readouts have no site {site.name!r}: {sorted(states)}")
+        r = make_readout(info["readout"], info["tokens"], info["nodes"], info["labels"], site)
+        try:
+            r.load_state_dict(states[site.name])
+        except RuntimeError as exc:
+            raise SchemaError(f"stored readout of {site.name} does not fit: {exc}") from exc
+        r.to(resolve_device(device)).eval().requires_grad_(False)
+        out[site.name] = r
+    return out
+
+
+def load_readouts(
+    snp_run_id: str,
+    sites: Sequence[Site],
+    tracking_uri: str | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Readout] | None:
+    """The trained readouts an SNP run logged (``snp/readouts.pt``), or None if it has none."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = _tracking_uri(tracking_uri)
+    folder = str(Path(ARTIFACT_PATH).parent)
+    names = {Path(f.path).name for f in MlflowClient(uri).list_artifacts(snp_run_id, folder)}
+    if not {READOUTS_FILE, READOUTS_META} <= names:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp)
+        for name in (READOUTS_FILE, READOUTS_META):
+            got = mlflow.artifacts.download_artifacts(
+                run_id=snp_run_id,
+                artifact_path=f"{folder}/{name}",
+                dst_path=str(local / name.replace(".", "_")),
+                tracking_uri=uri,
+            )
+            os.replace(got, local / name)
+        return read_readouts(local, sites, device)

@@ -811,10 +811,11 @@ def build_problem(
     """The ANDC problem folder of an SNP run (or a training run's newest SNP run).
 
     Built once and reused: the SNP diagonals of ``kind`` (``layers``, default all) and a
-    :class:`FeatureCache` of the readouts' inputs on the SNP's split. The readouts are retrained
-    with the SNP run's recorded settings (same seed, data subset and order, so the same weights;
-    SNP runs do not store them); the cache's unmasked accuracy is checked against the SNP's
-    ``acc_{kind}`` and both are recorded in ``problem.json``.
+    :class:`FeatureCache` of the readouts' inputs on the SNP's split. The readouts are the ones
+    the SNP run logged (``snp/readouts.pt``); for older SNP runs without them they are retrained
+    with the run's recorded settings (same seed, data subset and order, so the same weights).
+    ``problem.json`` records which (``readouts``: ``stored`` or ``retrained``); the cache's
+    unmasked accuracy is checked against the SNP's ``acc_{kind}`` and both are recorded there.
     """
     import torch
     from mlflow.tracking import MlflowClient
@@ -862,8 +863,13 @@ def build_problem(
         getattr(splits, ds.attrs["split"]), _param(snp_run, "limit_eval"), seed
     )
     num_labels = int(splits.num_classes)
-    readouts = train_readouts(model, sites, train, num_labels, config, device, progress)
+    readouts = snp_mod.load_readouts(snp_run_id, sites, uri, device)
+    source = "stored"
+    if readouts is None:
+        readouts = train_readouts(model, sites, train, num_labels, config, device, progress)
+        source = "retrained"
     dev = next(iter(readouts.values())).fc.weight.device
+    model.to(dev)
     chunks: dict[int, list[Any]] = {s.layer: [] for s in sites}
     labels = []
     model.eval()
@@ -905,7 +911,7 @@ def build_problem(
     }
     if mismatch:
         stderr(
-            "warning: retrained readouts do not reproduce the SNP run's accuracy exactly "
+            f"warning: {source} readouts do not reproduce the SNP run's accuracy exactly "
             f"(layer: (snp, cache) = {mismatch}); masks come from the stored SNP matrices"
         )
     names = [layer_label(s) for s in sites]
@@ -921,6 +927,7 @@ def build_problem(
             "snp_run_id": snp_run_id,
             "training_run_id": training_run_id,
             "readout": config.readout,
+            "readouts": source,
             "silencing": str(ds.attrs.get("silencing", "")),
             "snp_accuracy": {str(k): v for k, v in snp_acc.items()},
             "cache_accuracy": {str(k): v for k, v in cache_acc.items()},

@@ -31,6 +31,8 @@ from statmech_nn.studies import (
 )
 
 PG_URL = os.environ.get("STATMECH_TEST_POSTGRES_URL")
+if os.environ.get("CI") and not PG_URL:
+    raise RuntimeError("CI must run the PostgreSQL tests: .ci/postgres.sh did not start a server")
 needs_pg = pytest.mark.skipif(
     not PG_URL,
     reason="STATMECH_TEST_POSTGRES_URL is not set: no PostgreSQL server here "
