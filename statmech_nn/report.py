@@ -78,7 +78,9 @@ def run_tree(run_id: str) -> RunNode:
     try:
         root = client.get_run(run_id)
     except MlflowException as exc:
-        raise TrackingError(f"no MLflow run {run_id!r} in the tracking store") from exc
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise TrackingError(f"no MLflow run {run_id!r} in the tracking store") from exc
+        raise TrackingError(f"cannot read run {run_id!r}: {str(exc).splitlines()[0]}") from exc
     if root.data.tags.get(PARENT_TAG):
         raise TrackingError(
             f"run {run_id} is a child run ({root.data.tags.get(KIND_TAG, 'analysis')}); "
@@ -322,7 +324,7 @@ def write_report(
     """
     from statmech_nn import tracking
 
-    uri = tracking.use_store(tracking_uri)
+    uri = tracking.check_store(tracking_uri)
     tree = run_tree(run_id)
     text = render(tree, uri)
     path = Path(out) if out else Path("reports") / f"{run_id}.html"

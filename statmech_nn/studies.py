@@ -26,6 +26,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import socket
 import sys
 import time
@@ -49,6 +50,8 @@ from statmech_nn.pruning import (
     keep_from_diagonals,
     random_control_curve,
 )
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][\w-]{0,255}")
 
 DEFAULT_JOURNAL = Path("mlruns") / "optuna.journal"
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
@@ -832,6 +835,10 @@ def build_problem(
     uri = tracking.init_store(tracking_uri)
     ds = snp_mod.load_from_run(run_id, tracking_uri=uri)
     snp_run_id = str(ds.attrs.get("mlflow_run_id") or run_id)
+    if not _RUN_ID.fullmatch(snp_run_id):
+        raise SchemaError(
+            f"SNP tensor attribute mlflow_run_id={snp_run_id!r} is not a valid MLflow run id"
+        )
     if f"snp_{kind}" not in ds:
         kinds = [str(v)[4:] for v in ds.data_vars if str(v).startswith("snp_")]
         raise SchemaError(f"SNP run {snp_run_id} has no site kind {kind!r}; it has {kinds}")
@@ -844,6 +851,8 @@ def build_problem(
         raise SchemaError(f"SNP run {snp_run_id} has no {kind} layers {missing}: {all_layers}")
     tag = f"{kind}-{variant}{min_cluster_size}-" + "_".join(map(str, chosen))
     folder = Path(root).resolve() / snp_run_id / tag
+    if not folder.is_relative_to(Path(root).resolve()):
+        raise SchemaError(f"ANDC problem folder {folder} would leave {root}")
     if (folder / "problem.json").is_file() and not rebuild:
         return folder
 

@@ -209,6 +209,14 @@ def use_store(uri: str | None = None) -> str:
     return uri
 
 
+def check_store(uri: str | None = None) -> str:
+    """Like :func:`use_store`, but a tracking server is probed first with a short timeout."""
+    uri = resolve_uri(uri)
+    if _is_remote(uri):
+        _open_store(uri)
+    return use_store(uri)
+
+
 def _set_mlflow_uri(uri: str) -> None:
     # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; undo that, so the variable keeps
     # meaning "the user's choice" and a later default (another working directory) still works.

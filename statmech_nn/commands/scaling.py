@@ -84,6 +84,7 @@ def scaling_for_run(
     from statmech_nn.order import check_theta
     from statmech_nn.order.checkpoints import _subset
     from statmech_nn.order.runs import KIND_TAG, training_run_of
+    from statmech_nn.sites import resolve
     from statmech_nn.train import data_for_config
 
     check_theta(theta)
@@ -93,6 +94,7 @@ def scaling_for_run(
     ckpt = tracking.load_checkpoint(training, epoch)
     splits = data_for_config(ckpt.config, augment="none")
     scaling.check_ks(ks, int(splits.num_classes))
+    resolve(ckpt.model, [site or scaling.default_site(ckpt.model)])
     if limit_train is not None:
         splits.train = _subset(splits.train, limit_train, seed)
     options = {"seed": seed, **dict(snp_options or {})}

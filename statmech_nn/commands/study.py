@@ -129,7 +129,12 @@ def _help(parser: argparse.ArgumentParser) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from statmech_nn import studies
+    from statmech_nn.errors import StatmechError
 
+    if not 0.0 <= args.delta < 1.0:
+        raise StatmechError(f"--delta {args.delta} must be an accuracy drop in [0, 1), e.g. 0.01")
+    if args.trials < 1 or args.workers < 1:
+        raise StatmechError("--trials and --workers must be at least 1")
     studies.normalize_storage(args.storage)
     layers = None
     if args.layers:
