@@ -20,8 +20,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "digits": {
         "model": "cct_2_3x2_32",
         "dataset": "digits",
-        "epochs": 12,
-        "checkpoint_every": 3,
+        "epochs": 16,
+        "checkpoint_every": 4,
         "batch_size": 64,
         "lr": 2e-3,
         "readout_epochs": 8,
