@@ -25,6 +25,7 @@ import xarray as xr
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from statmech_nn.data.splits import subset
 from statmech_nn.errors import SchemaError, StatmechError
 from statmech_nn.pruning import (
     apply_network_masks,
@@ -277,13 +278,6 @@ def prune_model(
 # -- end to end ----------------------------------------------------------------------------------
 
 
-def _limit(data: Dataset, n: int | None, seed: int) -> Dataset:
-    """The seeded subset training uses for ``limit_train`` / ``limit_eval``."""
-    from statmech_nn import train as train_mod
-
-    return train_mod._limit(data, n, seed)
-
-
 def _snp_for_run(run_id: str, snp_run_id: str | None, uri: str) -> tuple[xr.Dataset, str]:
     from statmech_nn import snp as snp_mod
 
@@ -356,8 +350,8 @@ def prune_network(
     dev = resolve_device(device)
     splits = data_for_config(config, augment=str(config.get("augment") or "none"))
     data_seed = int(config.get("seed", 0))
-    train_data = _limit(splits.train, config.get("limit_train"), data_seed)
-    test_data = _limit(splits.test, config.get("limit_eval"), data_seed + 2)
+    train_data = subset(splits.train, config.get("limit_train"), data_seed)
+    test_data = subset(splits.test, config.get("limit_eval"), data_seed + 2)
     transform = getattr(splits, "batch_transform", None)
 
     with tracking.child_run(run_id, KIND) as active:

@@ -48,6 +48,7 @@ import xarray as xr
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from statmech_nn.data.splits import subset
 from statmech_nn.errors import SchemaError, StatmechError, TrackingError, UnknownNameError
 from statmech_nn.readout import (
     READOUTS,
@@ -616,6 +617,31 @@ def load(path: str | os.PathLike) -> xr.Dataset:
     return ds
 
 
+def find_snp_run(client: Any, run: Any) -> Any:
+    """``run`` itself if it is an SNP run, else its newest finished SNP child run.
+
+    Raises :class:`TrackingError` when ``run`` has no finished SNP child.
+    """
+    if run.data.tags.get(KIND_TAG) == "snp":
+        return run
+    run_id = run.info.run_id
+    children = client.search_runs(
+        [run.info.experiment_id],
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{run_id}' and tags.`{KIND_TAG}` = 'snp' "
+            "and attributes.status = 'FINISHED'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not children:
+        raise TrackingError(
+            f"run {run_id} is not an SNP run and has no finished SNP child run: "
+            f"run `statmech-nn snp {run_id}` first"
+        )
+    return children[0]
+
+
 def load_from_run(run_id: str, tracking_uri: str | None = None) -> xr.Dataset:
     """The SNP Dataset of an MLflow run: an SNP child run, or a training run's newest SNP child.
 
@@ -630,22 +656,7 @@ def load_from_run(run_id: str, tracking_uri: str | None = None) -> xr.Dataset:
         run = client.get_run(run_id)
     except Exception as exc:  # mlflow raises MlflowException subclasses
         raise TrackingError(f"no MLflow run {run_id!r} in {uri} ({exc})") from exc
-    snp_run = run
-    if run.data.tags.get(KIND_TAG) != "snp":
-        children = client.search_runs(
-            [run.info.experiment_id],
-            filter_string=(
-                f"tags.mlflow.parentRunId = '{run_id}' and tags.`{KIND_TAG}` = 'snp' "
-                "and attributes.status = 'FINISHED'"
-            ),
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if not children:
-            raise TrackingError(
-                f"run {run_id} has no finished SNP child run: run `statmech-nn snp {run_id}` first"
-            )
-        snp_run = children[0]
+    snp_run = find_snp_run(client, run)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(
@@ -666,16 +677,6 @@ def _tracking_uri(uri: str | None) -> str:
     from statmech_nn import tracking
 
     return tracking.resolve_uri(uri)
-
-
-def _subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
-    """A seeded random subset of ``limit`` samples (the dataset itself when None or larger)."""
-    if limit is None or limit >= len(dataset):  # type: ignore[arg-type]
-        return dataset
-    if limit < 1:
-        raise ValueError("sample limits must be >= 1")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))  # type: ignore[arg-type]
-    return torch.utils.data.Subset(dataset, order[:limit].tolist())
 
 
 def compute_for_run(
@@ -721,13 +722,13 @@ def compute_for_run(
     if evaluated is None:
         raise UnknownNameError(f"the data of run {run_id} have no {split!r} split")
     limited = SimpleNamespace(
-        train=_subset(splits.train, limit_train, seed),
+        train=subset(splits.train, limit_train, seed),
         val=splits.val,
         test=splits.test,
         classes=list(splits.classes),
         num_classes=splits.num_classes,
     )
-    setattr(limited, split, _subset(evaluated, limit_eval, seed))
+    setattr(limited, split, subset(evaluated, limit_eval, seed))
     config = ReadoutConfig(
         readout=readout,
         epochs=readout_epochs,

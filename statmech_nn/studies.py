@@ -42,6 +42,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from statmech_nn.data.splits import subset
 from statmech_nn.errors import SchemaError, StatmechError
 from statmech_nn.order.schema import check_theta
 from statmech_nn.pruning import (
@@ -867,10 +868,8 @@ def build_problem(
     config = ReadoutConfig(**json.loads(ds.attrs["readout_config"]))
     splits = data_for_config(ckpt.config, augment="none")
     seed = config.seed
-    train = snp_mod._subset(splits.train, _param(snp_run, "limit_train"), seed)
-    evaluated = snp_mod._subset(
-        getattr(splits, ds.attrs["split"]), _param(snp_run, "limit_eval"), seed
-    )
+    train = subset(splits.train, _param(snp_run, "limit_train"), seed)
+    evaluated = subset(getattr(splits, ds.attrs["split"]), _param(snp_run, "limit_eval"), seed)
     num_labels = int(splits.num_classes)
     readouts = snp_mod.load_readouts(snp_run_id, sites, uri, device)
     source = "stored"

@@ -39,9 +39,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from statmech_nn import tracking
+from statmech_nn.data.splits import subset
 from statmech_nn.errors import CheckpointError, TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -141,14 +142,6 @@ def data_for_config(config: Mapping[str, Any], augment: str = "none"):
         augment=augment,
         **dict(config.get("dataset_options") or {}),
     )
-
-
-def _limit(dataset: Dataset, n: int | None, seed: int) -> Dataset:
-    if n is None or n >= len(dataset):
-        return dataset
-    g = torch.Generator().manual_seed(seed)
-    keep = torch.randperm(len(dataset), generator=g)[:n].sort().values.tolist()
-    return Subset(dataset, keep)
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -543,9 +536,9 @@ def _train(
             else float(getattr(splits, "label_smoothing", 0.0) or 0.0)
         ),
     )
-    train_set = _limit(splits.train, config.limit_train, config.seed)
-    val_set = _limit(splits.val, config.limit_eval, config.seed + 1)
-    test_set = _limit(splits.test, config.limit_eval, config.seed + 2)
+    train_set = subset(splits.train, config.limit_train, config.seed)
+    val_set = subset(splits.val, config.limit_eval, config.seed + 1)
+    test_set = subset(splits.test, config.limit_eval, config.seed + 2)
 
     from statmech_nn import models
 

@@ -15,6 +15,7 @@ from torch.utils.data import TensorDataset
 
 from statmech_nn import network_pruning as npr
 from statmech_nn import snp, tracking
+from statmech_nn.data import subset
 from statmech_nn.pruning import network_masks
 
 
@@ -289,7 +290,7 @@ def test_snp_run_readouts_round_trip_and_feed_build_problem(trained):
     for name in names:
         for key, value in states[name].items():
             assert torch.equal(readouts[name].state_dict()[key], value)
-    test = snp._subset(data_for_config(ckpt.config).test, 40, 0)
+    test = subset(data_for_config(ckpt.config).test, 40, 0)
     acc = evaluate(ckpt.model, readouts, test, batch_size=32, device="cpu", progress=False)
     for site in sites:
         assert acc[site.name] == pytest.approx(float(ds[f"acc_{site.kind}"].sel(layer=site.layer)))

@@ -81,8 +81,8 @@ def scaling_for_run(
     import mlflow
 
     from statmech_nn import figures, scaling, tracking
+    from statmech_nn.data import subset
     from statmech_nn.order import check_theta
-    from statmech_nn.order.checkpoints import _subset
     from statmech_nn.order.runs import KIND_TAG, training_run_of
     from statmech_nn.sites import resolve
     from statmech_nn.train import data_for_config
@@ -96,7 +96,7 @@ def scaling_for_run(
     scaling.check_ks(ks, int(splits.num_classes))
     resolve(ckpt.model, [site or scaling.default_site(ckpt.model)])
     if limit_train is not None:
-        splits.train = _subset(splits.train, limit_train, seed)
+        splits.train = subset(splits.train, limit_train, seed)
     options = {"seed": seed, **dict(snp_options or {})}
     with tracking.run(
         None, run_name="scaling", parent_run_id=training, tags={KIND_TAG: "scaling"}

@@ -6,6 +6,6 @@
 """
 
 from statmech_nn.data.catalog import DATA_ENV, DataOptionError, data_root, load, names, spec
-from statmech_nn.data.splits import Splits
+from statmech_nn.data.splits import Splits, subset
 
-__all__ = ["DATA_ENV", "DataOptionError", "Splits", "data_root", "load", "names", "spec"]
+__all__ = ["DATA_ENV", "DataOptionError", "Splits", "data_root", "load", "names", "spec", "subset"]

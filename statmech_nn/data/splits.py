@@ -133,3 +133,20 @@ class Splits:
             "options": dict(self.options),
             "root": self.root,
         }
+
+
+def subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+    """A seeded random subset of ``limit`` samples in index order (all of them when None or more).
+
+    Training (``--limit-train`` / ``--limit-eval``), SNP runs and the analyses that rebuild a
+    run's data all use this one function, so they see the same samples.
+    """
+    if limit is None or limit >= len(dataset):  # type: ignore[arg-type]
+        return dataset
+    if limit < 1:
+        from statmech_nn.errors import StatmechError
+
+        raise StatmechError(f"sample limits must be >= 1, got {limit}")
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(dataset), generator=g)[:limit].sort().values.tolist()  # type: ignore[arg-type]
+    return torch.utils.data.Subset(dataset, keep)

@@ -12,19 +12,12 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
-import torch
 import xarray as xr
 
+from statmech_nn.data.splits import subset
 from statmech_nn.errors import CheckpointError
 
 _READOUT_FIELDS = ("lr", "momentum", "nesterov", "weight_decay", "schedule")
-
-
-def _subset(dataset: Any, limit: int | None, seed: int) -> Any:
-    if limit is None or limit >= len(dataset):
-        return dataset
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    return torch.utils.data.Subset(dataset, order[:limit].tolist())
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -81,13 +74,13 @@ def snp_over_checkpoints(
             full = data_for_config(ckpt.config, augment="none")
             split = settings["split"]
             splits = SimpleNamespace(
-                train=_subset(full.train, limit_train, settings["seed"]),
+                train=subset(full.train, limit_train, settings["seed"]),
                 val=full.val,
                 test=full.test,
                 classes=list(full.classes),
                 num_classes=full.num_classes,
             )
-            setattr(splits, split, _subset(getattr(full, split), limit_eval, settings["seed"]))
+            setattr(splits, split, subset(getattr(full, split), limit_eval, settings["seed"]))
         attrs = {
             "checkpoint": ckpt.path,
             "checkpoint_epoch": int(ckpt.epoch),

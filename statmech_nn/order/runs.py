@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from statmech_nn.errors import TrackingError
-
 KIND_TAG = "statmech_nn.kind"
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -28,25 +26,13 @@ def find_snp_run(run_id: str) -> SnpRun:
     from mlflow.tracking import MlflowClient
 
     from statmech_nn import tracking
+    from statmech_nn.snp import find_snp_run as newest_snp
 
     run = tracking.get_run(run_id)
-    if run.data.tags.get(KIND_TAG) == "snp":
+    found = newest_snp(MlflowClient(), run)
+    if found.info.run_id == run_id:
         return SnpRun(run_id, run.data.tags.get(PARENT_TAG), run.info.experiment_id)
-    children = MlflowClient().search_runs(
-        [run.info.experiment_id],
-        filter_string=(
-            f"tags.mlflow.parentRunId = '{run_id}' and tags.`{KIND_TAG}` = 'snp' "
-            "and attributes.status = 'FINISHED'"
-        ),
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not children:
-        raise TrackingError(
-            f"run {run_id} is not an SNP run and has no finished SNP child run; "
-            f"compute one first with `statmech-nn snp {run_id}`"
-        )
-    return SnpRun(children[0].info.run_id, run_id, run.info.experiment_id)
+    return SnpRun(found.info.run_id, run_id, run.info.experiment_id)
 
 
 def training_run_of(run_id: str) -> str:
