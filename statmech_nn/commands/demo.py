@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from statmech_nn.commands import add_tracking_uri
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -38,11 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit-eval", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     parser.add_argument("--experiment", default="demo", help="MLflow experiment (default: demo)")
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)",
-    )
+    add_tracking_uri(parser)
     parser.set_defaults(func=run)
 
 

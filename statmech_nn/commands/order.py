@@ -6,6 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from statmech_nn.commands import add_tracking_uri
 from statmech_nn.order.stats import SNR_VARIANTS
 
 
@@ -68,11 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--gallery-nodes", type=int, default=4, help="nodes per layer in the gallery (default: 4)"
     )
     parser.add_argument("--device", default=None, help="torch device for --over-checkpoints")
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)",
-    )
+    add_tracking_uri(parser)
     parser.set_defaults(func=run)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from statmech_nn.commands import add_tracking_uri
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -28,11 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--csv", default=None, metavar="PATH", help="write a long-format CSV")
     parser.add_argument("--netcdf", default=None, metavar="PATH", help="write a netCDF file")
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)",
-    )
+    add_tracking_uri(parser)
     parser.set_defaults(func=run)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from statmech_nn.commands import add_tracking_uri
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -19,11 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("run_id", metavar="RUN_ID", help="the training run")
     parser.add_argument("--out", default=None, help="output file (default: reports/RUN_ID.html)")
     parser.add_argument("--no-log", action="store_true", help="do not log it to MLflow")
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)",
-    )
+    add_tracking_uri(parser)
     parser.set_defaults(func=run)
 
 

@@ -6,6 +6,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from statmech_nn.commands import add_tracking_uri
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -53,11 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--limit-train", type=int, default=None, help="train on at most N samples per subset"
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if any)")
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)",
-    )
+    add_tracking_uri(parser)
     parser.set_defaults(func=run)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from statmech_nn.commands import add_tracking_uri
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -112,9 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="RDB storages: a trial silent this long is failed and retried (default: 120)",
     )
     andc.add_argument("--device", default=None, help="device for building the feature cache")
-    andc.add_argument(
-        "--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///mlruns/...)"
-    )
+    add_tracking_uri(andc)
     andc.add_argument(
         "--rebuild-cache", action="store_true", help="recompute the cached readout inputs"
     )

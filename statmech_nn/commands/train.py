@@ -8,6 +8,8 @@ import signal
 import sys
 from typing import Any
 
+from statmech_nn.commands import add_tracking_uri
+
 # CLI flag -> TrainConfig field, for flags that set a training value (None = not given).
 _CONFIG_FLAGS = (
     "model",
@@ -167,11 +169,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-amp", dest="amp", action="store_false", default=None, help="no float16 AMP on CUDA"
     )
     run_.add_argument("--experiment", help="MLflow experiment name (default: statmech-nn)")
-    run_.add_argument(
-        "--tracking-uri",
-        metavar="URI",
-        help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)",
-    )
+    add_tracking_uri(run_)
     run_.add_argument(
         "--resume",
         metavar="RUN_ID",
