@@ -1,0 +1,94 @@
+"""Recovery of trials left RUNNING by dead worker processes.
+
+Optuna 5's journal storage has no heartbeat; for it (and, faster, for any storage) the
+supervising process fails and re-queues the RUNNING trials of a local worker that died, and
+every run first sweeps RUNNING trials left by dead processes of this host (each trial records
+its worker's host, pid and process start time under :data:`WORKER_ATTR`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+WORKER_ATTR = "worker"
+
+
+def _process_start(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def worker_tag(token: str) -> dict[str, Any]:
+    """Identity of this process, stored on each trial: host, pid, start time, token."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid), "token": token}
+
+
+def _alive(tag: Mapping[str, Any]) -> bool:
+    """Whether the process described by ``tag`` (same host) still runs."""
+    pid = int(tag.get("pid", -1))
+    if pid <= 0:
+        return False
+    if Path("/proc").is_dir():
+        start = _process_start(pid)
+        return start is not None and tag.get("start") in (None, start)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def retry_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int | None = 3) -> bool:
+    """Fail RUNNING ``trial`` and queue a copy (as Optuna's heartbeat retry does).
+
+    Returns ``False`` if the trial had already finished (someone else handled it).
+    """
+    try:
+        ok = study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+        return False
+    if ok is False:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, trial)
+    return True
+
+
+def recover_dead_trials(
+    study: optuna.Study,
+    tokens: Sequence[str] | None = None,
+    max_retry: int | None = 3,
+) -> list[int]:
+    """Fail and re-queue RUNNING trials of dead workers; returns their trial numbers.
+
+    With ``tokens``: the trials of those (known dead) workers. Without: trials whose recorded
+    worker ran on this host and is no longer alive.
+    """
+    host = socket.gethostname()
+    done = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        tag = trial.user_attrs.get(WORKER_ATTR)
+        if not isinstance(tag, Mapping):
+            continue
+        if tokens is not None:
+            dead = tag.get("token") in tokens
+        else:
+            dead = tag.get("host") == host and not _alive(tag)
+        if dead and retry_trial(study, trial, max_retry):
+            done.append(trial.number)
+    return done
