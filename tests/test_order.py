@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import xarray as xr
+from _tiny import SYNTHETIC
 
 from statmech_nn import order
 from statmech_nn.errors import SchemaError, StatmechError
@@ -276,19 +277,6 @@ def test_bad_datasets():
 
 
 # -- the `order` command on MLflow runs ----------------------------------------------------------
-
-SYNTHETIC = {
-    "dataset": "synthetic",
-    "img_size": 16,
-    "seed": 0,
-    "val_fraction": 0.1,
-    "dataset_options": {
-        "num_super": 3,
-        "num_sub": 2,
-        "n_train_per_class": 16,
-        "n_test_per_class": 8,
-    },
-}
 
 
 def fake_training_run(epochs=(0, 1)) -> str:

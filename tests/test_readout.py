@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _tiny import SmallCNN
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -31,20 +32,6 @@ class TokenNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.b(self.a(x)).sum(1)
-
-
-class SmallCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.act1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(4, 6, 3, stride=2, padding=1)
-        self.act2 = nn.ReLU()
-        self.head = nn.Linear(6, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.act2(self.conv2(self.act1(self.conv1(x)))).mean((2, 3)))
 
 
 def separable_tokens(n: int = 240, labels: int = 3, seed: int = 0) -> TensorDataset:
@@ -111,7 +98,7 @@ def test_training_learns_a_separable_problem(kind):
 
 
 def test_backbone_frozen_and_mode_restored():
-    model = SmallCNN()
+    model = SmallCNN(labels=3)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     sites = resolve(model, "act1:kind=c,act2:kind=c:layer=1")
@@ -126,7 +113,7 @@ def test_backbone_frozen_and_mode_restored():
 
 @pytest.mark.parametrize("kind", ["seqpool", "flatten"])
 def test_joint_training_equals_one_by_one(kind):
-    model = SmallCNN().eval()
+    model = SmallCNN(labels=3).eval()
     both = resolve(model, "act1:kind=c,act2:kind=c:layer=1")
     config = ReadoutConfig(readout=kind, epochs=2, batch_size=16, seed=3)
     joint = train_readouts(model, both, images(), 3, config, "cpu", progress=False)
@@ -139,7 +126,7 @@ def test_joint_training_equals_one_by_one(kind):
 
 
 def test_training_is_deterministic_for_a_seed_and_changes_with_it():
-    model = SmallCNN().eval()
+    model = SmallCNN(labels=3).eval()
     sites = resolve(model, "act2:kind=c")
     run = [
         train_readouts(

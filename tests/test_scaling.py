@@ -6,22 +6,10 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from _tiny import SYNTHETIC
 
 from statmech_nn import scaling
 from statmech_nn.errors import StatmechError
-
-SYNTHETIC = {
-    "dataset": "synthetic",
-    "img_size": 16,
-    "seed": 0,
-    "val_fraction": 0.1,
-    "dataset_options": {
-        "num_super": 3,
-        "num_sub": 2,
-        "n_train_per_class": 16,
-        "n_test_per_class": 8,
-    },
-}
 
 
 def test_label_subsets_are_seeded_sorted_and_distinct():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _tiny import tiny_cct
 from torch import nn
 
 from statmech_nn.errors import UnknownNameError
@@ -18,21 +19,6 @@ from statmech_nn.sites import (
     resolve,
     to_tokens,
 )
-
-
-def tiny_cct(**kw) -> CCT:
-    torch.manual_seed(0)
-    args = dict(
-        num_classes=4,
-        img_size=16,
-        embedding_dim=8,
-        num_layers=2,
-        num_heads=2,
-        mlp_ratio=2,
-        attention_dropout=0.0,
-        stochastic_depth=0.0,
-    )
-    return CCT(**{**args, **kw}).eval()
 
 
 def vit_cct_from(ours: CCT):

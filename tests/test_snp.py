@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from _tiny import SmallCNN, tiny_cct
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -16,7 +17,7 @@ from statmech_nn import snp
 from statmech_nn.errors import SchemaError, StatmechError, TrackingError, UnknownNameError
 from statmech_nn.models.cct import CCT
 from statmech_nn.readout import ReadoutConfig, make_readout, train_readouts
-from statmech_nn.sites import Site, resolve
+from statmech_nn.sites import resolve
 from statmech_nn.snp_reference import (
     collect_activations,
     reference_matrices,
@@ -24,47 +25,6 @@ from statmech_nn.snp_reference import (
 )
 
 LABELS = 4
-
-
-def tiny_cct() -> CCT:
-    """A random CCT whose attention is peaked (scaled qkv), so tokens differ at every site."""
-    torch.manual_seed(0)
-    model = CCT(
-        num_classes=LABELS,
-        img_size=16,
-        embedding_dim=8,
-        num_layers=2,
-        num_heads=2,
-        mlp_ratio=2,
-        attention_dropout=0.0,
-        stochastic_depth=0.0,
-    ).eval()
-    with torch.no_grad():
-        for block in model.classifier.blocks:
-            block.self_attn.qkv.weight.mul_(30.0)
-    return model
-
-
-class SmallCNN(nn.Module):
-    """Two conv layers of different widths; read channels first."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.act1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(4, 6, 3, stride=2, padding=1)
-        self.act2 = nn.ReLU()
-        self.head = nn.Linear(6, LABELS)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.act2(self.conv2(self.act1(self.conv1(x)))).mean((2, 3)))
-
-    def sites(self) -> list[Site]:
-        return [
-            Site("conv0", "conv", 0, "act1", layout="channels_first"),
-            Site("conv1", "conv", 1, "act2", layout="channels_first", heads=2),
-        ]
 
 
 def images(n: int, seed: int, size: int = 16) -> TensorDataset:
@@ -114,7 +74,7 @@ CASES = [
 @pytest.mark.parametrize(("kind", "silencing"), CASES)
 @pytest.mark.parametrize("net", ["cct", "cnn"])
 def test_vectorised_equals_reference(net, kind, silencing):
-    model = tiny_cct() if net == "cct" else SmallCNN().eval()
+    model = tiny_cct(peaked=True) if net == "cct" else SmallCNN().eval()
     spec = "block0.mha,block1.ff,block1.ff_hidden" if net == "cct" else "all"
     data = images(30, 4, 16 if net == "cct" else 8)
     readouts = random_readouts(model, spec, kind)
@@ -145,7 +105,7 @@ def test_vectorised_equals_reference(net, kind, silencing):
 
 
 def test_pre_pool_heads_pool_together_not_node_by_node():
-    model = tiny_cct()
+    model = tiny_cct(peaked=True)
     readouts = random_readouts(model, "block0.mha", "seqpool")
     data = images(20, 4)
     pre = snp.matrices(model, readouts, data, LABELS, "pre_pool", device="cpu", progress=False)
@@ -167,7 +127,7 @@ def test_hand_computed_single_token_case():
 
 
 def test_post_pool_fields_add_up_to_the_logits():
-    model = tiny_cct()
+    model = tiny_cct(peaked=True)
     readouts = random_readouts(model, "block1.mha,block0.ff", "seqpool")
     data = images(24, 5)
     out = snp.matrices(
@@ -222,7 +182,7 @@ def binarized(da: xr.DataArray) -> np.ndarray:
 
 
 def test_unknown_options_raise():
-    model = tiny_cct()
+    model = tiny_cct(peaked=True)
     for kwargs in (
         {"readout": "cls"},
         {"silencing": "mid_pool"},
@@ -236,7 +196,7 @@ def test_unknown_options_raise():
 @pytest.fixture(scope="module")
 def cct_dataset() -> xr.Dataset:
     return snp.compute(
-        tiny_cct(),
+        tiny_cct(peaked=True),
         splits(),
         sites="all",
         readout_epochs=1,
@@ -320,7 +280,7 @@ def test_cnn_widths_are_padded_with_counts():
 
 def test_vit_pytorch_cct_gives_our_tensor():
     cct = pytest.importorskip("vit_pytorch.cct")
-    ours = tiny_cct()
+    ours = tiny_cct(peaked=True)
     theirs = cct.CCT(
         img_size=16,
         embedding_dim=8,
