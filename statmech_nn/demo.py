@@ -222,12 +222,9 @@ def summary_table(result: DemoResult) -> str:
     kinds = {c.kind: c for c in tree.children}
     per_layer: dict[str, dict[str, float]] = {}
     for child in (kinds.get("snp"), kinds.get("order")):
-        if child is None:
-            continue
-        for name, value in child.run.data.metrics.items():
-            match = report._LAYER.match(name)
-            if match:
-                per_layer.setdefault(match["layer"], {})[match["family"]] = value
+        if child is not None:
+            for layer, values in report.by_layer(child.run.data.metrics).items():
+                per_layer.setdefault(layer, {}).update(values)
     columns = [
         ("readout acc mha", "acc.readout.mha"),
         ("readout acc ff", "acc.readout.ff"),
@@ -238,15 +235,14 @@ def summary_table(result: DemoResult) -> str:
         ("p(Q)", "order.Q_pvalue"),
     ]
     rows = [["block", *[c[0] for c in columns]]]
-    for layer in sorted(per_layer, key=lambda s: int("".join(ch for ch in s if ch.isdigit()))):
-        values = per_layer[layer]
-        rows.append([layer, *[report._fmt(values.get(key)) for _, key in columns]])
+    for layer, values in per_layer.items():
+        rows.append([layer, *[report.fmt(values.get(key)) for _, key in columns]])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     metrics = tree.run.data.metrics
     head = (
-        f"final test accuracy {report._fmt(metrics.get('test_acc'))} "
-        f"(val {report._fmt(metrics.get('val_acc'))})"
+        f"final test accuracy {report.fmt(metrics.get('test_acc'))} "
+        f"(val {report.fmt(metrics.get('val_acc'))})"
     )
     front = _pareto_points(result.study_run_id)
     if front:
@@ -261,8 +257,8 @@ def summary_table(result: DemoResult) -> str:
             m = point["metrics"]
             lines.append(
                 f"  trial {point['number']:>3}: {thetas} -> accuracy "
-                f"{report._fmt(m.get('andc.accuracy'))}, pruned "
-                f"{report._fmt(m.get('andc.pruned_fraction'))}"
+                f"{report.fmt(m.get('andc.accuracy'))}, pruned "
+                f"{report.fmt(m.get('andc.pruned_fraction'))}"
             )
     return head + "\n" + "\n".join(lines)
 

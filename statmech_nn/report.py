@@ -129,23 +129,30 @@ def _png_artifacts(run_id: str) -> list[tuple[str, bytes]]:
     return out
 
 
-_LAYER = re.compile(r"^(?P<family>.+)\.(?P<layer>(block|conv)\d+)$")
+LAYER_METRIC = re.compile(r"^(?P<family>.+)\.(?P<layer>(block|conv)\d+)$")
+
+
+def by_layer(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """``family.blockI`` metrics as ``{layer: {family: value}}``, layers in depth order."""
+    cells: dict[str, dict[str, float]] = {}
+    for name, value in metrics.items():
+        match = LAYER_METRIC.match(name)
+        if match:
+            cells.setdefault(match["layer"], {})[match["family"]] = value
+    order = sorted(cells, key=lambda s: (re.sub(r"\d+", "", s), int(re.sub(r"\D", "", s))))
+    return {layer: cells[layer] for layer in order}
 
 
 def layer_table(metrics: dict[str, float]) -> tuple[list[str], list[str], list[list[str]]]:
     """Split ``family.blockI`` metrics into (columns, rows, cells): one row per layer."""
-    cells: dict[str, dict[str, float]] = {}
-    for name, value in metrics.items():
-        match = _LAYER.match(name)
-        if match:
-            cells.setdefault(match["layer"], {})[match["family"]] = value
+    cells = by_layer(metrics)
     columns = sorted({f for row in cells.values() for f in row})
-    rows = sorted(cells, key=lambda s: (re.sub(r"\d+", "", s), int(re.sub(r"\D", "", s))))
-    table = [[_fmt(cells[r].get(c)) for c in columns] for r in rows]
+    rows = list(cells)
+    table = [[fmt(cells[r].get(c)) for c in columns] for r in rows]
     return columns, rows, table
 
 
-def _fmt(value: float | None) -> str:
+def fmt(value: float | None) -> str:
     if value is None:
         return ""
     if abs(value) >= 1e300:
@@ -221,7 +228,7 @@ def _details(summary: str, body: str, open_: bool = False) -> str:
 
 
 def _scalars(metrics: dict[str, float]) -> dict[str, str]:
-    return {k: _fmt(v) for k, v in metrics.items() if not _LAYER.match(k)}
+    return {k: fmt(v) for k, v in metrics.items() if not LAYER_METRIC.match(k)}
 
 
 def _section(node: RunNode, depth: int = 2) -> str:
@@ -288,7 +295,7 @@ def render(tree: RunNode, tracking_uri: str) -> str:
         f"{html.escape(SECTION_TITLES.get(c.kind, c.kind))}</a></li>"
         for c in children
     )
-    final = {k: _fmt(v) for k, v in run.data.metrics.items()}
+    final = {k: fmt(v) for k, v in run.data.metrics.items()}
     model = params.get("model", run.data.tags.get("model", "?"))
     dataset = params.get("dataset", run.data.tags.get("dataset", "?"))
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
