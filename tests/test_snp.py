@@ -13,7 +13,7 @@ from _tiny import SmallCNN, tiny_cct
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from statmech_nn import snp
+from statmech_nn import snp, snp_store
 from statmech_nn.errors import SchemaError, StatmechError, TrackingError, UnknownNameError
 from statmech_nn.models.cct import CCT
 from statmech_nn.readout import ReadoutConfig, make_readout, train_readouts
@@ -335,7 +335,7 @@ def test_cli_end_to_end(workdir, capsys, monkeypatch):
         raise RuntimeError("interrupted")
 
     with monkeypatch.context() as patch, pytest.raises(RuntimeError):
-        patch.setattr(snp, "compute", broken)
+        patch.setattr(snp_store, "compute", broken)
         snp.compute_for_run(run_id, readout_epochs=0, progress=False, device="cpu")
     with pytest.raises(TrackingError):
         snp.load_from_run(run_id)
