@@ -522,31 +522,11 @@ def binarize(ds: xr.Dataset | xr.DataArray, theta: float = 0.3) -> xr.Dataset | 
     return xr.Dataset({v: ds[v] > t for v in names}, attrs={**ds.attrs, "theta": t})
 
 
-# The stored form and the MLflow runs live in ``snp_store``; they stay reachable as ``snp.X``
-# (loaded on first use, so either module can be imported first).
-_STORE_NAMES = frozenset(
-    {
-        "ARTIFACT_PATH",
-        "KIND_TAG",
-        "READOUTS_FILE",
-        "READOUTS_META",
-        "READOUTS_SCHEMA",
-        "compute_for_run",
-        "find_snp_run",
-        "load",
-        "load_from_run",
-        "load_readouts",
-        "read_readouts",
-        "save",
-        "save_readouts",
-        "validate",
-    }
-)
-
-
+# The stored form and the MLflow runs live in ``snp_store``; its public names stay reachable as
+# ``snp.X`` (loaded on first use, so either module can be imported first).
 def __getattr__(name: str) -> Any:
-    if name in _STORE_NAMES:
-        from statmech_nn import snp_store
+    from statmech_nn import snp_store
 
+    if name in snp_store.__all__:
         return getattr(snp_store, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
