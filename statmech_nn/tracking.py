@@ -22,6 +22,7 @@ import re
 import shutil
 import sqlite3
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +31,11 @@ from urllib.parse import unquote, urlparse
 
 import torch
 
+from statmech_nn import processes
 from statmech_nn.errors import CheckpointError, TrackingError
 
 CHECKPOINT_DIR = "checkpoints"
+PROCESS_TAG = "statmech_nn.process"
 CONFIG_NAME = "config.json"
 DEFAULT_DB = Path("mlruns") / "mlflow.db"
 _CHECKPOINT_RE = re.compile(r"^epoch_(\d{4,})\.pt$")
@@ -122,6 +125,13 @@ def init_store(uri: str | None = None) -> str:
         _relocate_default_experiment(db, uri)
         _save_template(db)
     _set_mlflow_uri(uri)
+    if not created:
+        try:
+            sweep_dead_runs()
+        except Exception as exc:  # housekeeping must never stop the command it precedes
+            warnings.warn(
+                f"could not check for runs of dead processes: {_first_line(exc)}", stacklevel=2
+            )
     return uri
 
 
@@ -302,9 +312,8 @@ def run(
     client = _client()
     if resume_run_id is not None:
         run_id = get_run(resume_run_id).info.run_id
-        if tags:
-            for key, value in tags.items():
-                client.set_tag(run_id, key, str(value))
+        for key, value in {**(tags or {}), PROCESS_TAG: json.dumps(processes.identity())}.items():
+            client.set_tag(run_id, key, str(value))
     else:
         if experiment is None:
             experiment_ = get_run(parent_run_id).info.experiment_id if parent_run_id else None
@@ -312,6 +321,7 @@ def run(
         else:
             exp_id = experiment_id(experiment)
         all_tags = {k: str(v) for k, v in (tags or {}).items()}
+        all_tags[PROCESS_TAG] = json.dumps(processes.identity())
         if parent_run_id is not None:
             get_run(parent_run_id)
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
@@ -331,6 +341,32 @@ def run(
         _end(run_id, "FAILED")
         raise
     _end(run_id, "FINISHED")
+
+
+def sweep_dead_runs(experiment_ids: list[str] | None = None) -> list[str]:
+    """Mark KILLED the RUNNING runs whose process, on this host, is gone (e.g. SIGKILL).
+
+    Runs record their process under :data:`PROCESS_TAG`; runs of live processes, of other hosts
+    or without the tag are left alone. Returns the ids of the runs it marked.
+    """
+    client = _client()
+    if experiment_ids is None:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    if not experiment_ids:
+        return []
+    marked = []
+    for run in client.search_runs(
+        experiment_ids, filter_string="attributes.status = 'RUNNING'", max_results=1000
+    ):
+        try:
+            mark = json.loads(run.data.tags.get(PROCESS_TAG, "null"))
+        except ValueError:
+            continue
+        if isinstance(mark, dict) and processes.on_this_host(mark) and not processes.alive(mark):
+            client.set_tag(run.info.run_id, "statmech_nn.ended_by", "sweep: its process is gone")
+            client.set_terminated(run.info.run_id, "KILLED")
+            marked.append(run.info.run_id)
+    return marked
 
 
 def _end(run_id: str, status: str) -> None:

@@ -222,6 +222,7 @@ def test_sigkill_during_snp_readouts_then_rerun_gives_the_uninterrupted_tensor(s
 
     reference = snp.load_from_run(store.snp_id)
     finished_before = _snp_children(store.train_id, "FINISHED")
+    killed_before = set(_snp_children(store.train_id, "KILLED"))
     marker = store.root / f"paused-{uuid.uuid4().hex}"
     with open(store.root / "killed.err", "w") as err:
         proc = subprocess.Popen(
@@ -240,7 +241,11 @@ def test_sigkill_during_snp_readouts_then_rerun_gives_the_uninterrupted_tensor(s
             proc.wait(60)
     assert proc.returncode == -signal.SIGKILL
 
-    (killed,) = _snp_children(store.train_id, "RUNNING")  # SIGKILL: nobody could mark it
+    # SIGKILL: the process could not mark its run; the next store check sweeps it to KILLED
+    (killed,) = set(_snp_children(store.train_id, "KILLED")) - killed_before
+    assert _snp_children(store.train_id, "RUNNING") == []
+    tags = mlflow.MlflowClient().get_run(killed).data.tags
+    assert tags["statmech_nn.ended_by"].startswith("sweep")
     assert mlflow.MlflowClient().list_artifacts(killed) == []
     with pytest.raises(TrackingError, match="has no artifact snp/snp.nc"):
         snp.load_from_run(killed)
@@ -260,6 +265,7 @@ def test_ctrl_c_during_snp_readouts_marks_the_child_killed_without_artifact(stor
     import mlflow
 
     steps = []
+    killed_before = set(_snp_children(store.train_id, "KILLED"))
 
     def interrupt(optimizer, args, kwargs):
         steps.append(1)
@@ -272,8 +278,9 @@ def test_ctrl_c_during_snp_readouts_marks_the_child_killed_without_artifact(stor
     finally:
         handle.remove()
     assert capsys.readouterr().err.strip().splitlines() == ["interrupted"]
-    (killed,) = _snp_children(store.train_id, "KILLED")
+    (killed,) = set(_snp_children(store.train_id, "KILLED")) - killed_before
     assert mlflow.MlflowClient().list_artifacts(killed) == []
+    assert "statmech_nn.ended_by" not in mlflow.MlflowClient().get_run(killed).data.tags
 
 
 # -- 2. four study workers on the journal storage, one killed -------------------------------------

@@ -283,3 +283,42 @@ def test_four_processes_log_to_one_sqlite_store_without_loss(workdir):
         assert torch.equal(weights, torch.full((3,), float(i)))
     experiments = [e.name for e in client.search_experiments()]
     assert sorted(experiments) == ["Default", "crowd"]
+
+
+def test_sweep_marks_only_runs_of_dead_local_processes_killed(workdir):
+    from mlflow.tracking import MlflowClient
+
+    tracking.init_store()
+    with tracking.run("e") as mine:
+        pass
+    client = MlflowClient()
+    exp = tracking.experiment_id("e")
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    host = socket.gethostname()
+
+    def running(mark: dict | None) -> str:
+        tags = {} if mark is None else {tracking.PROCESS_TAG: json.dumps(mark)}
+        return client.create_run(exp, tags=tags).info.run_id
+
+    dead = running({"host": host, "pid": int(gone.stdout), "start": 1})
+    reused_pid = running({"host": host, "pid": os.getpid(), "start": -1})
+    alive = running({"host": host, "pid": os.getpid(), "start": None})
+    elsewhere = running({"host": host + "-other", "pid": int(gone.stdout), "start": 1})
+    untagged = running(None)
+    tags = tracking.get_run(mine.info.run_id).data.tags
+    assert json.loads(tags[tracking.PROCESS_TAG])["pid"] == os.getpid()
+
+    assert sorted(tracking.sweep_dead_runs()) == sorted([dead, reused_pid])
+    status = {r: tracking.get_run(r).info.status for r in (dead, reused_pid, alive)}
+    status |= {r: tracking.get_run(r).info.status for r in (elsewhere, untagged)}
+    assert status == {
+        dead: "KILLED",
+        reused_pid: "KILLED",
+        alive: "RUNNING",
+        elsewhere: "RUNNING",
+        untagged: "RUNNING",
+    }
+    assert tracking.get_run(mine.info.run_id).info.status == "FINISHED"
+    assert tracking.sweep_dead_runs() == []

@@ -8,48 +8,22 @@ its worker's host, pid and process start time under :data:`WORKER_ATTR`).
 
 from __future__ import annotations
 
-import os
 import socket
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from statmech_nn import processes
+
 WORKER_ATTR = "worker"
-
-
-def _process_start(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def worker_tag(token: str) -> dict[str, Any]:
     """Identity of this process, stored on each trial: host, pid, start time, token."""
-    pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid), "token": token}
-
-
-def _alive(tag: Mapping[str, Any]) -> bool:
-    """Whether the process described by ``tag`` (same host) still runs."""
-    pid = int(tag.get("pid", -1))
-    if pid <= 0:
-        return False
-    if Path("/proc").is_dir():
-        start = _process_start(pid)
-        return start is not None and tag.get("start") in (None, start)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return {**processes.identity(), "token": token}
 
 
 def retry_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int | None = 3) -> bool:
@@ -88,7 +62,7 @@ def recover_dead_trials(
         if tokens is not None:
             dead = tag.get("token") in tokens
         else:
-            dead = tag.get("host") == host and not _alive(tag)
+            dead = tag.get("host") == host and not processes.alive(tag)
         if dead and retry_trial(study, trial, max_retry):
             done.append(trial.number)
     return done
