@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -345,11 +344,3 @@ def write_report(
             logged.write_text(text, encoding="utf-8")
             _client().log_artifact(run_id, str(logged), "report")
     return path
-
-
-def summary(tree: RunNode) -> dict[str, Any]:
-    """The report's headline numbers as JSON-able data (used by the demo's summary table)."""
-    out: dict[str, Any] = {"run_id": tree.run_id, "metrics": dict(tree.run.data.metrics)}
-    for child in tree.children:
-        out.setdefault(child.kind, dict(child.run.data.metrics))
-    return json.loads(json.dumps(out, default=str))
