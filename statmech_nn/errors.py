@@ -27,3 +27,11 @@ class TrackingError(StatmechError):
 
 class TrainingDiverged(StatmechError):
     """Training produced a non-finite loss."""
+
+
+class ConfigError(StatmechError, ValueError):
+    """An option or configuration value that cannot work (``--epochs 0``, ``--chunk-size 0``...)."""
+
+
+class ThresholdError(ConfigError):
+    """A binarisation threshold outside (0, 1)."""
