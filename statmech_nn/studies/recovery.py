@@ -29,13 +29,13 @@ def worker_tag(token: str) -> dict[str, Any]:
 def retry_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int | None = 3) -> bool:
     """Fail RUNNING ``trial`` and queue a copy (as Optuna's heartbeat retry does).
 
-    Returns ``False`` if the trial had already finished (someone else handled it).
+    Through the public ``study.tell``: telling a trial that another process has finished in the
+    meantime raises (``ValueError`` before the write, ``UpdateFinishedTrialError`` in a race), so
+    exactly one recovering process queues the copy. Returns ``False`` if someone else handled it.
     """
     try:
-        ok = study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
-        return False
-    if ok is False:
+        study.tell(trial.number, state=TrialState.FAIL)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
         return False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
