@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from statmech_nn.naming import KIND_STUDY, KIND_TAG, KIND_TRIAL
 from statmech_nn.studies.objectives import METRICS_ATTR
 from statmech_nn.studies.storage import _redact
 
@@ -65,7 +66,7 @@ class MlflowTrialLogger:
         tags = {
             "mlflow.parentRunId": self.target.study_run_id,
             "mlflow.runName": f"trial-{trial.number}",
-            "statmech_nn.kind": "trial",
+            KIND_TAG: KIND_TRIAL,
             "optuna.study_name": self.target.study_name,
             "optuna.trial_number": str(trial.number),
             "optuna.state": trial.state.name,
@@ -123,7 +124,7 @@ def _study_run(client: Any, snp_run_id: str, study_name: str, storage: str) -> s
     tags = {
         "mlflow.parentRunId": snp_run_id,
         "mlflow.runName": "study",
-        "statmech_nn.kind": "study",
+        KIND_TAG: KIND_STUDY,
         "statmech.study_name": study_name,
         "statmech.optuna_storage": _redact(storage),
     }
