@@ -2,7 +2,7 @@
 
 1. Single-node matrices of one CCT-7/3x1-sized site (default 256 nodes x 256 tokens, 100 labels):
    the vectorised engine (``statmech_nn.snp.matrices``, one streaming pass) against the literal
-   reference (``statmech_nn.snp_reference``: one float64 readout rerun per node). The reference
+   reference (``statmech_nn.snp.reference``: one float64 readout rerun per node). The reference
    runs on ``--ref-nodes`` nodes and is extrapolated linearly to all nodes (its cost is the same
    for every node). Activations are synthetic (class-dependent means plus noise) and fed through
    an identity backbone (on ``--device`` for the vectorised side), so both sides time only the
@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from statmech_nn import models, snp
 from statmech_nn.readout import ReadoutConfig, make_readout, train_readouts
 from statmech_nn.sites import Site, resolve
-from statmech_nn.snp_reference import reference_node_matrices
+from statmech_nn.snp.reference import reference_node_matrices
 
 VARIANTS = [
     ("seqpool", "pre_pool", 100),

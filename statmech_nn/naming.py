@@ -54,7 +54,7 @@ def check_theta(theta: Any) -> float:
     try:
         value = float(theta)
     except (TypeError, ValueError):
-        raise ThresholdError(f"threshold {theta!r} is not a number in (0, 1)") from None
+        raise ThresholdError(f"threshold theta={theta!r} is not a number in (0, 1)") from None
     if not 0.0 < value < 1.0:
         raise ThresholdError(
             f"threshold theta={theta} is outside (0, 1): matrices are normalised to a maximum "

@@ -27,6 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from statmech_nn.data.splits import subset
 from statmech_nn.errors import SchemaError, StatmechError
+from statmech_nn.naming import KIND_ANDC_NETWORK as KIND
+from statmech_nn.naming import KIND_TAG
 from statmech_nn.pruning import (
     apply_network_masks,
     connections,
@@ -35,8 +37,6 @@ from statmech_nn.pruning import (
     remove_network_masks,
 )
 
-KIND = "andc-network"
-KIND_TAG = "statmech_nn.kind"
 METRIC_PREFIX = "andc.network."
 
 __all__ = [
@@ -320,7 +320,7 @@ def prune_network(
     import mlflow
 
     from statmech_nn import tracking
-    from statmech_nn.order.schema import check_theta
+    from statmech_nn.naming import check_theta
     from statmech_nn.readout import resolve_device
     from statmech_nn.train import CHECKPOINT_FORMAT, data_for_config
 

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import xarray as xr
 
-from statmech_nn.errors import SchemaError, StatmechError
+from statmech_nn.errors import SchemaError, StatmechError, ThresholdError
+from statmech_nn.naming import check_theta
 from statmech_nn.order.clusters import greedy_clusters
-from statmech_nn.order.schema import ThresholdError, check_theta, node_matrices, valid_nodes
+from statmech_nn.order.schema import node_matrices, valid_nodes
 
 if TYPE_CHECKING:
     import torch

@@ -23,16 +23,16 @@ import numpy as np
 import xarray as xr
 
 from statmech_nn.errors import TrackingError
+from statmech_nn.naming import KIND_TAG, LAYERED_METRIC
 
-_LAYERED = re.compile(r"^(?P<var>.+)\.(?:block|conv|layer)(?P<layer>\d+)$")
 _UNSAFE = re.compile(r"[^0-9A-Za-z_]")
 
 
 def variable_name(metric: str) -> tuple[str, int | None]:
     """``("order_Q", 5)`` for ``order.Q.block5``; ``("andc_accuracy", None)`` for a scalar."""
-    match = _LAYERED.match(metric)
+    match = LAYERED_METRIC.match(metric)
     if match:
-        return _UNSAFE.sub("_", match.group("var")), int(match.group("layer"))
+        return _UNSAFE.sub("_", match.group("family")), int(match.group("index"))
     return _UNSAFE.sub("_", metric), None
 
 
@@ -56,6 +56,8 @@ def _experiments(experiment: str | None) -> list[str] | None:
 
 def from_runs(runs: Sequence[Any]) -> xr.Dataset:
     """The ``(run, layer)`` Dataset of a list of MLflow ``Run`` objects."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
     layered: dict[str, dict[tuple[int, int], float]] = {}
     scalars: dict[str, dict[int, float]] = {}
     layers: set[int] = set()
@@ -88,9 +90,9 @@ def from_runs(runs: Sequence[Any]) -> xr.Dataset:
         "experiment_id": ("run", [str(run.info.experiment_id) for run in runs]),
         "parent_run_id": (
             "run",
-            [str(run.data.tags.get("mlflow.parentRunId", "")) for run in runs],
+            [str(run.data.tags.get(MLFLOW_PARENT_RUN_ID, "")) for run in runs],
         ),
-        "run_kind": ("run", [str(run.data.tags.get("statmech_nn.kind", "")) for run in runs]),
+        "run_kind": ("run", [str(run.data.tags.get(KIND_TAG, "")) for run in runs]),
         "status": ("run", [str(run.info.status) for run in runs]),
         "start_time": ("run", np.asarray([run.info.start_time or 0 for run in runs], np.int64)),
     }

@@ -17,33 +17,41 @@ from pathlib import Path
 from typing import Any
 
 from statmech_nn.errors import TrackingError
+from statmech_nn.naming import (
+    KIND_ORDER,
+    KIND_SCALING,
+    KIND_SNP,
+    KIND_STUDY,
+    KIND_TAG,
+    KIND_TRAIN,
+    KIND_TRIAL,
+    LAYERED_METRIC,
+)
 
-KIND_TAG = "statmech_nn.kind"
-PARENT_TAG = "mlflow.parentRunId"
-SECTION_ORDER = ("snp", "order", "scaling", "study")
+SECTION_ORDER = (KIND_SNP, KIND_ORDER, KIND_SCALING, KIND_STUDY)
 SECTION_TITLES = {
-    "snp": "Single-node matrices and readout accuracy along depth",
-    "order": "Order parameters: clusters, noise, SNR and head symmetry breaking",
-    "scaling": "Scaling with the number of labels",
-    "study": "ANDC pruning: accuracy vs pruned fraction",
+    KIND_SNP: "Single-node matrices and readout accuracy along depth",
+    KIND_ORDER: "Order parameters: clusters, noise, SNR and head symmetry breaking",
+    KIND_SCALING: "Scaling with the number of labels",
+    KIND_STUDY: "ANDC pruning: accuracy vs pruned fraction",
 }
 SECTION_TEXT = {
-    "snp": (
+    KIND_SNP: (
         "A fresh linear readout is trained on each site of the frozen network; its test "
         "accuracy per block is the accuracy along the layers (METHODS.md section 3)."
     ),
-    "order": (
+    KIND_ORDER: (
         "Each node's labels x labels matrix is normalised by its maximum and binarised at theta. "
         "Clusters are the labels a node recognises together; noise the above-threshold elements "
         "outside the clusters; SNR their ratio. Q measures how far the MHA heads have specialised "
         "(0: all heads recognise the same labels; 1: every label has one expert head); the grey "
         "band is the null model of randomly permuted node-to-head assignments (mean +- std)."
     ),
-    "scaling": (
+    KIND_SCALING: (
         "Readouts of one site trained on random K-label subsets: error and SNR against K with "
         "their linear fits ([Universal])."
     ),
-    "study": (
+    KIND_STUDY: (
         "Optuna trials over the ANDC threshold: readout accuracy against the fraction of "
         "readout connections cut, with the random-pruning control at equal per-node counts."
     ),
@@ -72,6 +80,7 @@ def _client():
 def run_tree(run_id: str) -> RunNode:
     """The run ``run_id`` with all its descendants (nested runs), newest first per level."""
     from mlflow.exceptions import MlflowException
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID as PARENT_TAG
 
     client = _client()
     try:
@@ -96,7 +105,7 @@ def run_tree(run_id: str) -> RunNode:
 
     def build(r: Any) -> RunNode:
         kind = r.data.tags.get(KIND_TAG) or r.info.run_name or "run"
-        node = RunNode(r, kind if r.data.tags.get(PARENT_TAG) else "train")
+        node = RunNode(r, kind if r.data.tags.get(PARENT_TAG) else KIND_TRAIN)
         node.children = [build(c) for c in by_parent.get(r.info.run_id, [])]
         return node
 
@@ -128,16 +137,13 @@ def _png_artifacts(run_id: str) -> list[tuple[str, bytes]]:
     return out
 
 
-LAYER_METRIC = re.compile(r"^(?P<family>.+)\.(?P<layer>(block|conv)\d+)$")
-
-
 def by_layer(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
     """``family.blockI`` metrics as ``{layer: {family: value}}``, layers in depth order."""
     cells: dict[str, dict[str, float]] = {}
     for name, value in metrics.items():
-        match = LAYER_METRIC.match(name)
+        match = LAYERED_METRIC.match(name)
         if match:
-            cells.setdefault(match["layer"], {})[match["family"]] = value
+            cells.setdefault(match["label"], {})[match["family"]] = value
     order = sorted(cells, key=lambda s: (re.sub(r"\d+", "", s), int(re.sub(r"\D", "", s))))
     return {layer: cells[layer] for layer in order}
 
@@ -227,7 +233,7 @@ def _details(summary: str, body: str, open_: bool = False) -> str:
 
 
 def _scalars(metrics: dict[str, float]) -> dict[str, str]:
-    return {k: fmt(v) for k, v in metrics.items() if not LAYER_METRIC.match(k)}
+    return {k: fmt(v) for k, v in metrics.items() if not LAYERED_METRIC.match(k)}
 
 
 def _section(node: RunNode, depth: int = 2) -> str:
@@ -245,7 +251,7 @@ def _section(node: RunNode, depth: int = 2) -> str:
     if rows:
         parts.append(f'<div class="wide">{_table(columns, rows, cells, "layer")}</div>')
     scalars = _scalars(run.data.metrics)
-    if scalars and node.kind != "trial":
+    if scalars and node.kind != KIND_TRIAL:
         parts.append(
             "<details><summary>other metrics</summary>" + _kv_table(scalars) + "</details>"
         )
@@ -256,9 +262,9 @@ def _section(node: RunNode, depth: int = 2) -> str:
     for path, data in _png_artifacts(node.run_id):
         parts.append(_img(path, data))
     for child in node.children:
-        if child.kind != "trial":
+        if child.kind != KIND_TRIAL:
             parts.append(_section(child, min(depth + 1, 4)))
-    trials = [c for c in node.children if c.kind == "trial"]
+    trials = [c for c in node.children if c.kind == KIND_TRIAL]
     if trials:
         parts.append(f"<p>{len(trials)} trial runs are nested under this study run in MLflow.</p>")
     parts.append("</section>")

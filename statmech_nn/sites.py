@@ -22,14 +22,14 @@ channels-first maps ``[B, N, *spatial]`` as ``[B, prod(spatial), N]``, and 2-D `
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from statmech_nn.errors import StatmechError, UnknownNameError
+from statmech_nn.naming import layer_label_of_site_name
 
 __all__ = [
     "ActivationCapture",
@@ -70,15 +70,14 @@ class SiteNotReachedError(StatmechError):
     """A site's hook never fired during a forward pass (the module is not used by ``forward``)."""
 
 
-_LAYER_RE = re.compile(r"^([A-Za-z_]+\d+)(\.|$)")
-
-
 def layer_label(site: Site) -> str:
-    """``block3`` / ``conv4`` from a site name of ours, else ``layer{i}``: used in metric names."""
-    match = _LAYER_RE.match(site.name)
-    if match and site.name != site.module:
-        return match.group(1)
-    return f"layer{site.layer}"
+    """``block3`` / ``conv4`` from a site name of ours, else ``layer{i}``: used in metric names.
+
+    A site named by its module path (``layer1.0.conv1``) gets ``layer{i}`` even when the path
+    looks like a label.
+    """
+    label = layer_label_of_site_name(site.name) if site.name != site.module else None
+    return label or f"layer{site.layer}"
 
 
 def auto_sites(model: nn.Module) -> list[Site]:
@@ -327,15 +326,3 @@ class ActivationCapture:
             )
         store, self._store = self._store, {}
         return store
-
-
-def iter_heads(site: Site, nodes: int) -> Iterator[range]:
-    """The node ranges of the heads of ``site`` with ``nodes`` channels (one range if no heads)."""
-    heads = site.heads or 1
-    if nodes % heads:
-        raise UnknownNameError(
-            f"site {site.name!r}: {nodes} nodes do not split into {heads} equal heads"
-        )
-    size = nodes // heads
-    for h in range(heads):
-        yield range(h * size, (h + 1) * size)

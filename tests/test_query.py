@@ -100,3 +100,24 @@ def test_query_command_writes_files(store, workdir, capsys):
         )
     assert cli.main(["query", "--filter", "params.theta = '0.9'"]) == 0
     assert "no runs match" in capsys.readouterr().out
+
+
+def test_layer_labels_match_the_readout_metrics_of_the_snp_run():
+    """Order metrics name layers as the snp run's ``acc.readout`` metrics (sites.layer_label)."""
+    import json
+
+    from statmech_nn.order import layer_labels
+    from statmech_nn.sites import Site, layer_label
+
+    sites = [
+        Site("block3.mha", "mha", 3, "classifier.blocks.3.self_attn", heads=2),
+        Site("conv4", "conv", 4, "features.10"),
+        Site("layer1.0.conv1", "module", 0, "layer1.0.conv1"),
+        Site("conv1", "module", 1, "conv1"),
+    ]
+    specs = [{"name": s.name, "kind": s.kind, "layer": s.layer, "module": s.module} for s in sites]
+    labels = layer_labels(xr.Dataset(attrs={"site_specs": json.dumps(specs)}))
+    assert labels == {(s.kind, s.layer): layer_label(s) for s in sites}
+    assert list(labels.values()) == ["block3", "conv4", "layer0", "layer1"]
+    for label in labels.values():
+        assert query.variable_name(f"snr.x.{label}") == ("snr_x", int(label[-1]))

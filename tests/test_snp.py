@@ -13,12 +13,12 @@ from _tiny import SmallCNN, tiny_cct
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from statmech_nn import snp, snp_store
+from statmech_nn import snp
 from statmech_nn.errors import SchemaError, StatmechError, TrackingError, UnknownNameError
 from statmech_nn.models.cct import CCT
 from statmech_nn.readout import ReadoutConfig, make_readout, train_readouts
 from statmech_nn.sites import resolve
-from statmech_nn.snp_reference import (
+from statmech_nn.snp.reference import (
     collect_activations,
     reference_matrices,
     reference_node_matrices,
@@ -181,6 +181,20 @@ def binarized(da: xr.DataArray) -> np.ndarray:
     return snp.binarize(da, 0.3).values
 
 
+def test_binarize_compares_in_the_stored_dtype_and_names_the_result():
+    """float32(0.3) is the stored 0.3, not above it; the order code's name and attrs are kept."""
+    values = np.array([[0.3, 0.31, np.nan, 1.0]], dtype=np.float32)
+    da = xr.DataArray(values, dims=("node", "label_out"), name="snp_ff")
+    out = snp.binarize(da, 0.3)
+    assert out.values.tolist() == [[False, True, False, True]]
+    assert out.name == "snp_ff_binary" and out.attrs == {"theta": 0.3}
+    ds = xr.Dataset({"snp_ff": da, "head_snp_mha": da * 0.5, "scale_ff": da[0]}, attrs={"a": 1})
+    both = snp.binarize(ds, 0.3)
+    assert sorted(both.data_vars) == ["head_snp_mha", "snp_ff"]
+    assert both.attrs == {"a": 1, "theta": 0.3}
+    assert both.head_snp_mha.values.tolist() == [[False, False, False, True]]
+
+
 def test_unknown_options_raise():
     model = tiny_cct(peaked=True)
     for kwargs in (
@@ -335,7 +349,7 @@ def test_cli_end_to_end(workdir, capsys, monkeypatch):
         raise RuntimeError("interrupted")
 
     with monkeypatch.context() as patch, pytest.raises(RuntimeError):
-        patch.setattr(snp_store, "compute", broken)
+        patch.setattr(snp.runs, "compute", broken)
         snp.compute_for_run(run_id, readout_epochs=0, progress=False, device="cpu")
     with pytest.raises(TrackingError):
         snp.load_from_run(run_id)
@@ -377,3 +391,45 @@ def test_cli_end_to_end(workdir, capsys, monkeypatch):
     )
     assert main(["snp", run_id, "--sites", "block9.mha", "--no-progress"]) == 2
     assert "unknown site" in capsys.readouterr().err
+
+
+SNP_MODULES = ["engine", "dataset", "store", "runs", "reference"]
+
+
+def _fresh_import(statement: str) -> list[str]:
+    """Run ``statement`` in a fresh interpreter; the I/O modules it left imported."""
+    import subprocess
+    import sys
+
+    probe = (
+        f"{statement}\nimport sys\n"
+        "print(','.join(m for m in ('mlflow', 'h5netcdf', 'netCDF4') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return [m for m in done.stdout.strip().split(",") if m]
+
+
+@pytest.mark.parametrize("module", SNP_MODULES)
+def test_every_snp_module_imports_alone_first(module):
+    """No import cycle: each module imports in a fresh interpreter before any other of ours."""
+    _fresh_import(f"import statmech_nn.snp.{module}")
+
+
+def test_the_science_imports_no_io():
+    assert _fresh_import("import statmech_nn.snp.engine") == []
+    assert "mlflow" not in _fresh_import("import statmech_nn.snp, statmech_nn.order")
+
+
+def test_public_names_and_one_home():
+    from statmech_nn import errors, naming, order
+    from statmech_nn.snp import dataset, engine, runs, store
+
+    assert snp.binarize is dataset.binarize is order.binarize
+    assert snp.ThresholdError is errors.ThresholdError is order.ThresholdError
+    assert order.check_theta is naming.check_theta
+    assert snp.for_run is snp.compute_for_run is runs.compute_for_run
+    assert snp.matrices is engine.matrices and snp.save is store.save
+    assert set(snp.__all__) <= set(dir(snp))

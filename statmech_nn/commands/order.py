@@ -111,9 +111,10 @@ def run(args: argparse.Namespace) -> int:
 
     from statmech_nn import figures, snp, tracking
     from statmech_nn.errors import StatmechError, TrackingError
+    from statmech_nn.naming import KIND_TAG
     from statmech_nn.order import check_theta
     from statmech_nn.order.checkpoints import snp_settings
-    from statmech_nn.order.runs import KIND_TAG, find_snp_run
+    from statmech_nn.snp import find_snp_run
 
     check_theta(args.theta)
     if args.null_permutations < 1:

@@ -80,8 +80,9 @@ def scaling_for_run(
 
     from statmech_nn import figures, scaling, tracking
     from statmech_nn.data import subset
+    from statmech_nn.naming import KIND_TAG
     from statmech_nn.order import check_theta
-    from statmech_nn.order.runs import KIND_TAG, training_run_of
+    from statmech_nn.order.runs import training_run_of
     from statmech_nn.sites import resolve
     from statmech_nn.train import data_for_config
 

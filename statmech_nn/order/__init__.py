@@ -6,17 +6,11 @@ METHODS.md sections 5 and 6. ``clusters`` works on raw boolean arrays, ``stats``
 
 from __future__ import annotations
 
+from statmech_nn.errors import ThresholdError
+from statmech_nn.naming import check_theta
 from statmech_nn.order.clusters import NodeClusters, greedy_clusters, node_clusters
 from statmech_nn.order.metrics import layer_labels, site_metrics, symmetry_metrics
-from statmech_nn.order.schema import (
-    ThresholdError,
-    binarize,
-    check_theta,
-    head_kinds,
-    kinds,
-    node_matrices,
-    valid_nodes,
-)
+from statmech_nn.order.schema import head_kinds, kinds, node_matrices, valid_nodes
 from statmech_nn.order.stats import SNR_VARIANTS, site_statistics, snr, statistics
 from statmech_nn.order.symmetry import (
     expertise,
@@ -25,6 +19,7 @@ from statmech_nn.order.symmetry import (
     order_parameter,
     permuted_heads,
 )
+from statmech_nn.snp.dataset import binarize
 
 __all__ = [
     "SNR_VARIANTS",

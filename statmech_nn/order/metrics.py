@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 
 import xarray as xr
 
+from statmech_nn.naming import layer_label
 from statmech_nn.order.stats import snr as select_snr
+from statmech_nn.sites import Site
+from statmech_nn.sites import layer_label as site_layer_label
 
 SITE_METRICS = {
     "signal": "signal_clustered",
@@ -27,29 +29,36 @@ SITE_METRICS = {
     "clusters": "clusters_clustered",
     "cluster_size": "cluster_size",
 }
-_LAYER_RE = re.compile(r"^((?:block|conv)\d+)(?:\.|$)")
 
 Labels = Mapping[tuple[str, int], str]
 
 
 def layer_labels(ds: xr.Dataset) -> dict[tuple[str, int], str]:
-    """``{(kind, layer): "block3" | "conv4" | "layer7"}`` from the SNP dataset's site specs."""
+    """``{(kind, layer): "block3" | "conv4" | "layer7"}`` from the SNP dataset's site specs.
+
+    The labels of :func:`statmech_nn.sites.layer_label`, as in the snp run's ``acc.readout``
+    metrics.
+    """
     try:
         specs = json.loads(ds.attrs.get("site_specs") or "[]")
     except (TypeError, ValueError):
         specs = []
     out = {}
     for spec in specs:
-        match = _LAYER_RE.match(str(spec.get("name", "")))
-        label = match.group(1) if match else f"layer{int(spec['layer'])}"
-        out[(str(spec["kind"]), int(spec["layer"]))] = label
+        site = Site(
+            str(spec.get("name", "")),
+            str(spec["kind"]),
+            int(spec["layer"]),
+            str(spec.get("module", "")),
+        )
+        out[(site.kind, site.layer)] = site_layer_label(site)
     return out
 
 
 def _label(labels: Labels | None, kind: str, layer: int) -> str:
     if labels and (kind, layer) in labels:
         return labels[(kind, layer)]
-    return f"conv{layer}" if kind == "conv" else f"block{layer}"
+    return layer_label(kind, layer)
 
 
 Q_METRICS = ("Q", "Q_null_mean", "Q_null_std", "Q_z", "Q_pvalue", "owned_fraction", "jaccard")

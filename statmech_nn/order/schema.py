@@ -1,31 +1,16 @@
-"""Reading the SNP dataset for the order parameters: kinds, node dims, thresholds, binarisation."""
+"""Reading the SNP dataset for the order parameters: kinds, node dims, real nodes.
+
+Binarisation is :func:`statmech_nn.snp.binarize` (the one strict threshold comparison).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import xarray as xr
 
-from statmech_nn.errors import SchemaError, StatmechError
+from statmech_nn.errors import SchemaError
 
 MATRIX_DIMS = ("label_true", "label_out")
-
-
-class ThresholdError(StatmechError, ValueError):
-    """A binarisation threshold outside the open interval (0, 1)."""
-
-
-def check_theta(theta: float) -> float:
-    """``theta`` as a float if ``0 < theta < 1``; :class:`ThresholdError` otherwise."""
-    try:
-        value = float(theta)
-    except (TypeError, ValueError) as exc:
-        raise ThresholdError(f"threshold theta={theta!r} is not a number; use e.g. 0.3") from exc
-    if not 0.0 < value < 1.0:
-        raise ThresholdError(
-            f"threshold theta={value} is outside (0, 1); matrices are normalised by their "
-            "maximum, so use a value such as 0.3"
-        )
-    return value
 
 
 def kinds(ds: xr.Dataset) -> list[str]:
@@ -91,11 +76,3 @@ def node_matrices(ds: xr.Dataset, kind: str) -> xr.DataArray:
 def valid_nodes(matrices: xr.DataArray) -> xr.DataArray:
     """``(layer, node)`` bool: real nodes, not NaN padding (VGG layers narrower than the widest)."""
     return ~np.isnan(matrices).all(MATRIX_DIMS)
-
-
-def binarize(matrices: xr.DataArray, theta: float = 0.3) -> xr.DataArray:
-    """``matrices > theta`` (strict), NaN padding gives ``False``; theta must lie in (0, 1)."""
-    theta = check_theta(theta)
-    out = matrices > theta
-    out.attrs = {"theta": theta}
-    return out.rename(f"{matrices.name}_binary" if matrices.name else None)

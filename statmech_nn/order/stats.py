@@ -23,7 +23,8 @@ import numpy as np
 import xarray as xr
 
 from statmech_nn.order.clusters import node_clusters
-from statmech_nn.order.schema import binarize, kinds, node_matrices, valid_nodes
+from statmech_nn.order.schema import kinds, node_matrices, valid_nodes
+from statmech_nn.snp.dataset import binarize
 
 SNR_VARIANTS = ("labels", "elements", "per_cluster")
 

@@ -15,7 +15,8 @@ import numpy as np
 import xarray as xr
 
 from statmech_nn.errors import SchemaError
-from statmech_nn.order.schema import binarize, node_matrices, valid_nodes
+from statmech_nn.order.schema import node_matrices, valid_nodes
+from statmech_nn.snp.dataset import binarize
 
 _CHUNK = 256
 

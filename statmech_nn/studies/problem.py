@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from statmech_nn.errors import SchemaError
-from statmech_nn.order.schema import check_theta
+from statmech_nn.naming import check_theta
 from statmech_nn.pruning import FeatureCache, SiteFeatures, keep_from_diagonals
 
 PROBLEM_SCHEMA = "statmech-nn.andc-problem/1"

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from statmech_nn.readout import Readout, SeqPoolReadout, make_loader, resolve_device
 from statmech_nn.sites import ActivationCapture, Site
-from statmech_nn.snp import SiteMatrices, check_options, head_count
+from statmech_nn.snp.engine import SiteMatrices, check_options, head_count
 
 __all__ = [
     "collect_activations",
@@ -137,7 +137,7 @@ def reference_matrices(
     batch_size: int = 128,
     device: str | torch.device | None = None,
 ) -> dict[str, SiteMatrices]:
-    """Same output as :func:`statmech_nn.snp.matrices`, by the literal procedure (small data)."""
+    """Same output as :func:`statmech_nn.snp.engine.matrices`, by the literal procedure."""
     sites = [r.site for r in readouts.values()]
     acts, labels = collect_activations(model, sites, data, batch_size, device)  # type: ignore[arg-type]
     counts = torch.bincount(labels, minlength=num_labels)[:num_labels]
