@@ -223,8 +223,8 @@ def compute_for_run(
     import mlflow
 
     from statmech_nn import tracking
+    from statmech_nn.data import data_for_config
     from statmech_nn.sites import layer_label
-    from statmech_nn.train import data_for_config
 
     check_options(readout, silencing, split)
     tracking.init_store(tracking_uri)
