@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from statmech_nn import tracking
 from statmech_nn.data import data_for_config, subset
 from statmech_nn.errors import ConfigError, StatmechError, TrainingDiverged
+from statmech_nn.tracking.uris import first_line
 from statmech_nn.train import records
 from statmech_nn.train.config import RUNTIME_FIELDS, TrainConfig
 from statmech_nn.train.determinism import (
@@ -187,10 +188,13 @@ def _build_model(config: TrainConfig, device: torch.device) -> nn.Module:
         )
     except StatmechError:
         raise
-    except (TypeError, ValueError) as exc:
-        options = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "its defaults"
+    except (TypeError, ValueError, RuntimeError) as exc:
+        if not config.model_overrides:
+            raise  # the model's own defaults fail: a bug, not a user mistake
+        options = ", ".join(f"{k}={v!r}" for k, v in config.model_overrides.items())
         raise ConfigError(
-            f"cannot build model {config.model} with {options}: {exc}; change --model-option"
+            f"cannot build model {config.model} with {options}: {first_line(exc)}; change "
+            "--model-option"
         ) from exc
     return model.to(device)
 
