@@ -269,9 +269,9 @@ def test_snp_run_readouts_round_trip_and_feed_build_problem(trained):
     import mlflow
 
     from statmech_nn import studies
+    from statmech_nn.data import data_for_config
     from statmech_nn.readout import evaluate
     from statmech_nn.sites import resolve
-    from statmech_nn.train import data_for_config
 
     snp_id, ds = trained["snp"], trained["ds"]
     folder = _artifact_dir(snp_id) / "snp"

@@ -98,7 +98,7 @@ def test_label_subset_relabels_in_ascending_order():
 
 def test_scaling_on_a_tiny_network():
     from statmech_nn import models
-    from statmech_nn.train import data_for_config
+    from statmech_nn.data import data_for_config
 
     torch.manual_seed(0)
     model = models.create("cct_2_3x2_32", num_classes=6, img_size=16)

@@ -35,7 +35,7 @@ def state_of(model, epoch: int = 1, **config) -> dict:
 
 
 def artifact_dir(run_id: str) -> Path:
-    return tracking._local_artifact_dir(run_id) / tracking.CHECKPOINT_DIR
+    return tracking.local_artifact_dir(run_id) / tracking.CHECKPOINT_DIR
 
 
 def test_default_store_is_under_the_working_directory(workdir, monkeypatch):
@@ -47,7 +47,7 @@ def test_default_store_is_under_the_working_directory(workdir, monkeypatch):
     with tracking.run("e") as run:
         pass
     root = (workdir / "mlruns" / "artifacts").resolve()
-    assert tracking._local_artifact_dir(run.info.run_id).is_relative_to(root)
+    assert tracking.local_artifact_dir(run.info.run_id).is_relative_to(root)
     other = f"sqlite:///{workdir / 'other' / 'x.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
     assert tracking.resolve_uri() == other
@@ -188,7 +188,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(workdir, monkey
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(tracking.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         tracking.save_checkpoint({"w": torch.zeros(3)}, path)
     monkeypatch.undo()

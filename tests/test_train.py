@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from statmech_nn import cli, models, recipes, tracking
+from statmech_nn.data import data_for_config
 from statmech_nn.errors import UnknownNameError
-from statmech_nn.train import Schedule, TrainConfig, data_for_config, lr_at, train
+from statmech_nn.train import Schedule, TrainConfig, lr_at, train
 
 TINY = dict(
     img_size=16, batch_size=32, limit_train=128, limit_eval=64, experiment="t", device="cpu"

@@ -89,7 +89,7 @@ def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable(workdir,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     run_id = _only_run("RUNNING")
-    folder = tracking._local_artifact_dir(run_id) / tracking.CHECKPOINT_DIR
+    folder = tracking.local_artifact_dir(run_id) / tracking.CHECKPOINT_DIR
     partial = [p for p in folder.iterdir() if p.name.startswith(".epoch_0002.pt.")]
     assert len(partial) == 1, "the kill did not land inside the write"
     with pytest.raises(Exception):  # noqa: B017 - the half-written bytes are not a checkpoint

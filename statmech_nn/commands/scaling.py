@@ -79,12 +79,11 @@ def scaling_for_run(
     import mlflow
 
     from statmech_nn import figures, scaling, tracking
-    from statmech_nn.data import subset
+    from statmech_nn.data import data_for_config, subset
     from statmech_nn.naming import KIND_TAG
     from statmech_nn.order import check_theta
     from statmech_nn.order.runs import training_run_of
     from statmech_nn.sites import resolve
-    from statmech_nn.train import data_for_config
 
     check_theta(theta)
     scaling.parse_ks(",".join(str(k) for k in ks))

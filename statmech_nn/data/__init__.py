@@ -6,6 +6,17 @@
 """
 
 from statmech_nn.data.catalog import DATA_ENV, DataOptionError, data_root, load, names, spec
+from statmech_nn.data.for_config import data_for_config
 from statmech_nn.data.splits import Splits, subset
 
-__all__ = ["DATA_ENV", "DataOptionError", "Splits", "data_root", "load", "names", "spec", "subset"]
+__all__ = [
+    "DATA_ENV",
+    "DataOptionError",
+    "Splits",
+    "data_for_config",
+    "data_root",
+    "load",
+    "names",
+    "spec",
+    "subset",
+]

@@ -55,7 +55,7 @@ def snp_over_checkpoints(
 ) -> Iterator[tuple[int, xr.Dataset]]:
     """Yield ``(epoch, SNP dataset)`` for each checkpoint of ``training_run_id`` (ascending)."""
     from statmech_nn import snp, tracking
-    from statmech_nn.train import data_for_config
+    from statmech_nn.data import data_for_config
 
     available = tracking.list_checkpoints(training_run_id)
     if not available:

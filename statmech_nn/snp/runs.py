@@ -269,7 +269,7 @@ def compute_for_run(
     import mlflow
 
     from statmech_nn import tracking
-    from statmech_nn.train import data_for_config
+    from statmech_nn.data import data_for_config
 
     check_options(readout, silencing, split)
     tracking.init_store(tracking_uri)

@@ -53,10 +53,10 @@ def build_problem(
 
     from statmech_nn import snp as snp_mod
     from statmech_nn import tracking
+    from statmech_nn.data import data_for_config
     from statmech_nn.pruning import diagonals, site_features
     from statmech_nn.readout import ReadoutConfig, make_loader, train_readouts
     from statmech_nn.sites import ActivationCapture, layer_label, resolve
-    from statmech_nn.train import data_for_config
 
     if variant not in ("diagonal", "cluster"):
         raise StatmechError(f"unknown ANDC variant {variant!r}; choose diagonal or cluster")

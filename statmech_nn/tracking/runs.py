@@ -1,0 +1,181 @@
+"""MLflow runs that record their outcome and their process; the sweep of runs of dead processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from statmech_nn import processes
+from statmech_nn.errors import TrackingError
+from statmech_nn.naming import KIND_TAG
+from statmech_nn.tracking.uris import artifact_root, client, current_uri
+
+PROCESS_TAG = "statmech_nn.process"
+"""Tag holding the host, pid and start time of the process that runs (or last resumed) a run."""
+
+ENDED_BY_TAG = "statmech_nn.ended_by"
+"""Tag saying who ended a run that its own process could not end (the sweep)."""
+
+
+def experiment_id(name: str) -> str:
+    """The id of experiment ``name``, created (with our artifact location) if missing.
+
+    Safe when several processes create the same experiment at once.
+    """
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client()
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=artifact_root(current_uri()))
+    except MlflowException:
+        found = mlflow_client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def get_run(run_id: str):
+    """The MLflow run ``run_id``; :class:`TrackingError` if the store has no such run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_run(run_id)
+    except MlflowException as exc:
+        raise TrackingError(
+            f"no MLflow run {run_id!r} in {current_uri()}; check the run id, or pass the "
+            "--tracking-uri of the store that holds it"
+        ) from exc
+
+
+def _process_tag() -> str:
+    return json.dumps(processes.identity())
+
+
+def _run_tags(tags: Mapping[str, Any] | None, kind: str | None) -> dict[str, str]:
+    """The caller's tags as strings, plus the run kind and this process."""
+    out = {k: str(v) for k, v in (tags or {}).items()}
+    if kind is not None:
+        out[KIND_TAG] = kind
+    out[PROCESS_TAG] = _process_tag()
+    return out
+
+
+def _experiment_for(experiment: str | None, parent_run_id: str | None) -> str:
+    """The experiment id of a new run: ``experiment``, else the parent's, else ``Default``."""
+    if experiment is not None:
+        return experiment_id(experiment)
+    parents = get_run(parent_run_id).info.experiment_id if parent_run_id else None
+    return parents if parents is not None else experiment_id("Default")
+
+
+def _create_run(
+    experiment: str | None,
+    run_name: str | None,
+    parent_run_id: str | None,
+    tags: dict[str, str],
+) -> str:
+    """Create a RUNNING run (nested under ``parent_run_id`` if given); its id."""
+    from mlflow.tracking.context import registry as context_registry
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    exp_id = _experiment_for(experiment, parent_run_id)
+    if parent_run_id is not None:
+        get_run(parent_run_id)
+        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    if run_name:
+        tags[MLFLOW_RUN_NAME] = run_name
+    created = client().create_run(
+        exp_id, tags=context_registry.resolve_tags(tags), run_name=run_name
+    )
+    return created.info.run_id
+
+
+@contextlib.contextmanager
+def run(
+    experiment: str | None,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    resume_run_id: str | None = None,
+    kind: str | None = None,
+) -> Iterator[Any]:
+    """Start (or resume) an MLflow run as the active run; yield mlflow's ``ActiveRun``.
+
+    The run ends FINISHED, FAILED on an exception, KILLED on ``KeyboardInterrupt``; the exception
+    is re-raised. Works inside another active run (the new one is pushed on mlflow's run stack).
+    ``experiment=None`` uses the parent's experiment (or ``"Default"``). ``kind`` (one of the
+    ``naming.KIND_*`` values) is written as the tag ``naming.KIND_TAG``.
+    """
+    import mlflow
+
+    all_tags = _run_tags(tags, kind)
+    if resume_run_id is not None:
+        run_id = get_run(resume_run_id).info.run_id
+        mlflow_client = client()
+        for key, value in all_tags.items():
+            mlflow_client.set_tag(run_id, key, value)
+    else:
+        run_id = _create_run(experiment, run_name, parent_run_id, all_tags)
+    active = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
+    try:
+        yield active
+    except KeyboardInterrupt:
+        _end(run_id, "KILLED")
+        raise
+    except BaseException:
+        _end(run_id, "FAILED")
+        raise
+    _end(run_id, "FINISHED")
+
+
+def child_run(
+    parent_run_id: str, name: str, experiment: str | None = None, kind: str | None = None
+):
+    """A run ``name`` nested under ``parent_run_id``, by default in the parent's experiment."""
+    return run(experiment, run_name=name, parent_run_id=parent_run_id, kind=kind)
+
+
+def _end(run_id: str, status: str) -> None:
+    import mlflow
+
+    current = mlflow.active_run()
+    if current is not None and current.info.run_id == run_id:
+        mlflow.end_run(status)
+    else:
+        client().set_terminated(run_id, status)
+
+
+def _process_of(run: Any) -> Any:
+    """The process mark a run recorded (``None`` when absent or unreadable)."""
+    try:
+        return json.loads(run.data.tags.get(PROCESS_TAG, "null"))
+    except ValueError:
+        return None
+
+
+def sweep_dead_runs(experiment_ids: list[str] | None = None) -> list[str]:
+    """Mark KILLED the RUNNING runs whose process, on this host, is gone (e.g. SIGKILL).
+
+    Runs record their process under :data:`PROCESS_TAG`; runs of live processes, of other hosts
+    or without the tag are left alone. Returns the ids of the runs it marked.
+    """
+    mlflow_client = client()
+    if experiment_ids is None:
+        experiment_ids = [e.experiment_id for e in mlflow_client.search_experiments()]
+    if not experiment_ids:
+        return []
+    marked = []
+    for found in mlflow_client.search_runs(
+        experiment_ids, filter_string="attributes.status = 'RUNNING'", max_results=1000
+    ):
+        mark = _process_of(found)
+        if isinstance(mark, dict) and processes.on_this_host(mark) and not processes.alive(mark):
+            mlflow_client.set_tag(found.info.run_id, ENDED_BY_TAG, "sweep: its process is gone")
+            mlflow_client.set_terminated(found.info.run_id, "KILLED")
+            marked.append(found.info.run_id)
+    return marked

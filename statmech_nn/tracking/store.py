@@ -1,0 +1,132 @@
+"""The tracking store: create or migrate it, probe a server with a short timeout, select it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+from statmech_nn.errors import TrackingError
+from statmech_nn.tracking.runs import sweep_dead_runs
+from statmech_nn.tracking.template import copy_template, drop_template, save_template
+from statmech_nn.tracking.uris import artifact_root, first_line, is_remote, resolve_uri, sqlite_path
+
+_CHECK_TIMEOUT_S = 5
+_CHECK_RETRIES = 0
+_HTTP_ENV = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+
+
+@contextlib.contextmanager
+def _short_http_timeouts() -> Iterator[None]:
+    """Short HTTP timeouts (unless the user set them) while probing a tracking server."""
+    saved = {k: os.environ.get(k) for k in _HTTP_ENV}
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(_CHECK_TIMEOUT_S))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(_CHECK_RETRIES))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def init_store(uri: str | None = None) -> str:
+    """Create (or migrate) the tracking store, make it mlflow's current one, return its URI.
+
+    Idempotent and cheap on an existing store. A new SQLite store is copied from a cached,
+    freshly migrated empty database when one exists for this MLflow version (running MLflow's
+    migrations takes seconds); see :func:`~statmech_nn.tracking.template.template_path`. A
+    tracking server is probed with a short timeout (``MLFLOW_HTTP_REQUEST_TIMEOUT`` /
+    ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` override it), so an unreachable one fails with
+    :class:`TrackingError` instead of hanging.
+    """
+    uri = resolve_uri(uri)
+    db = sqlite_path(uri)
+    created = False
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        created = not db.exists()
+        if created and copy_template(db):
+            try:
+                open_store(uri)
+            except TrackingError:
+                db.unlink(missing_ok=True)
+                drop_template()
+    open_store(uri)
+    if created and db is not None:
+        _relocate_default_experiment(db, uri)
+        save_template(db)
+    _set_mlflow_uri(uri)
+    if not created:
+        _sweep_quietly()
+    return uri
+
+
+def _sweep_quietly() -> None:
+    """Sweep runs of dead processes; a failure is a warning (it must not stop the command)."""
+    try:
+        sweep_dead_runs()
+    except Exception as exc:  # housekeeping must never stop the command it precedes
+        warnings.warn(
+            f"could not check for runs of dead processes: {first_line(exc)}", stacklevel=3
+        )
+
+
+def open_store(uri: str) -> None:
+    """Check that the store at ``uri`` answers (migrating a SQLite one); else TrackingError."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        with _short_http_timeouts() if is_remote(uri) else contextlib.nullcontext():
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # any failure means "store not usable"
+        what = "reach the MLflow tracking server" if is_remote(uri) else "open the MLflow store"
+        raise TrackingError(
+            f"cannot {what} at {uri}: {first_line(exc)}; start the server or pass another "
+            "--tracking-uri (default: sqlite:///mlruns/mlflow.db in the working directory)"
+        ) from exc
+
+
+def _relocate_default_experiment(db: Path, uri: str) -> None:
+    """Point the ``Default`` experiment of a new store at ``<artifact root>/0``, like ours."""
+    root = artifact_root(uri)
+    if root is None:
+        return
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn, conn:
+        conn.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+            (root + "/0",),
+        )
+
+
+def use_store(uri: str | None = None) -> str:
+    """Point mlflow at an existing store without creating or migrating it (parallel workers)."""
+    uri = resolve_uri(uri)
+    _set_mlflow_uri(uri)
+    return uri
+
+
+def check_store(uri: str | None = None) -> str:
+    """Like :func:`use_store`, but a tracking server is probed first with a short timeout."""
+    uri = resolve_uri(uri)
+    if is_remote(uri):
+        open_store(uri)
+    return use_store(uri)
+
+
+def _set_mlflow_uri(uri: str) -> None:
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; undo that, so the variable keeps
+    # meaning "the user's choice" and a later default (another working directory) still works.
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before

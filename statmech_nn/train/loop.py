@@ -1,0 +1,386 @@
+"""``train(config)``: prepare the run, start or resume it in MLflow, train epoch by epoch.
+
+Each epoch reseeds torch, numpy, ``random`` and the DataLoader's generator from
+``(seed, epoch, rank)``, so a run resumed from the checkpoint of epoch ``e`` continues exactly as
+the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from statmech_nn import tracking
+from statmech_nn.data import data_for_config, subset
+from statmech_nn.errors import ConfigError, StatmechError, TrainingDiverged
+from statmech_nn.tracking.uris import first_line
+from statmech_nn.train import records
+from statmech_nn.train.config import RUNTIME_FIELDS, TrainConfig
+from statmech_nn.train.determinism import (
+    deterministic,
+    epoch_seed,
+    restore_rng,
+    seed_everything,
+    worker_init,
+)
+from statmech_nn.train.dist import (
+    Dist,
+    all_reduce_sum,
+    barrier,
+    broadcast,
+    dist_from_env,
+    process_group,
+    resolve_device,
+)
+from statmech_nn.train.schedule import Schedule
+from statmech_nn.train.steps import (
+    Step,
+    Totals,
+    evaluate,
+    make_optimizer,
+    make_scaler,
+    training_state,
+)
+
+EpochCallback = Callable[[int, Mapping[str, float]], None]
+
+
+@dataclass
+class TrainState:
+    """Everything one training process holds between epochs."""
+
+    config: TrainConfig
+    dist: Dist
+    device: torch.device
+    splits: Any
+    train_set: Dataset
+    val_set: Dataset
+    test_set: Dataset
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler | None
+    start_epoch: int = 0
+    net: nn.Module | None = None  # the model, or its DDP wrapper
+
+    @property
+    def model_config(self) -> dict[str, Any]:
+        return dict(self.model.config)
+
+    @property
+    def full_config(self) -> dict[str, Any]:
+        """The config as logged and checkpointed: every field plus the model's own config."""
+        return {**self.config.to_dict(), "model_config": self.model_config}
+
+
+def train(
+    config: TrainConfig | None = None,
+    tracking_uri: str | None = None,
+    resume_run_id: str | None = None,
+    on_epoch_end: EpochCallback | None = None,
+) -> str:
+    """Train as ``config`` says (or resume ``resume_run_id``) and return the MLflow run id.
+
+    Resuming continues the run in place from its last complete checkpoint with the stored config
+    (only ``device`` and ``workers`` are taken from ``config``). ``on_epoch_end(epoch, metrics)``
+    is called on rank 0 after each epoch's checkpoint. A non-finite loss stops training with
+    :class:`TrainingDiverged`; the run is marked FAILED and its last good checkpoint kept.
+    A configuration that cannot work raises :class:`ConfigError` before any run is created.
+    """
+    if config is None and resume_run_id is None:
+        raise ConfigError("give a TrainConfig, or a run id to resume")
+    dist = dist_from_env()
+    if config is not None:
+        resolve_device(config.device, dist)  # no GPU: refused before the store is touched
+    with process_group(dist, config.device if config is not None else None), deterministic():
+        return _train(config, tracking_uri, resume_run_id, on_epoch_end, dist)
+
+
+def _train(
+    config: TrainConfig | None,
+    tracking_uri: str | None,
+    resume_run_id: str | None,
+    on_epoch_end: EpochCallback | None,
+    dist: Dist,
+) -> str:
+    resume = _read_resume_state(resume_run_id, tracking_uri, dist) if resume_run_id else None
+    if resume is not None:
+        config = _resumed_config(resume, config)
+    assert config is not None
+    state = _prepare(config, dist)
+    if dist.main and resume_run_id is None:
+        tracking.init_store(tracking_uri)
+    if resume is not None:
+        _restore(state, resume)
+    state.net = _wrap_for_dist(state)
+    with _run_context(state, resume_run_id) as active:
+        run_id = broadcast(active.info.run_id if dist.main else None, dist)
+        if dist.main and resume_run_id is None:
+            _record_start(state, run_id)
+        for epoch in range(state.start_epoch, state.config.epochs):
+            _run_epoch(state, epoch, run_id, on_epoch_end)
+    return run_id
+
+
+# -- before the first epoch ----------------------------------------------------------------------
+
+
+def _read_resume_state(run_id: str, tracking_uri: str | None, dist: Dist) -> dict[str, Any]:
+    """Rank 0 finds the newest good checkpoint of ``run_id``; every rank reads that file."""
+    state: dict[str, Any] | None = None
+    path = None
+    if dist.main:
+        tracking.init_store(tracking_uri)
+        tracking.get_run(run_id)
+        state, path = records.load_resume_state(run_id)
+    path = broadcast(str(path), dist)
+    return state if state is not None else tracking.read_checkpoint(path)
+
+
+def _resumed_config(resume: Mapping[str, Any], given: TrainConfig | None) -> TrainConfig:
+    """The run's stored config, with the caller's runtime fields (device, workers)."""
+    stored = TrainConfig.from_dict(resume["config"])
+    if given is None:
+        return stored
+    return dataclasses.replace(stored, **{k: getattr(given, k) for k in RUNTIME_FIELDS})
+
+
+def _filled_from_data(config: TrainConfig, splits: Any) -> TrainConfig:
+    """Class count, image size and (if unset) label smoothing from the data."""
+    smoothing = config.label_smoothing
+    if smoothing is None:
+        smoothing = float(getattr(splits, "label_smoothing", 0.0) or 0.0)
+    return dataclasses.replace(
+        config,
+        num_classes=splits.num_classes,
+        img_size=splits.img_size,
+        label_smoothing=smoothing,
+    )
+
+
+def _build_model(config: TrainConfig, device: torch.device) -> nn.Module:
+    """The seeded, untrained model of ``config``; a model option that cannot work is one line."""
+    from statmech_nn import models
+
+    overrides = dict(config.model_overrides)
+    for key in ("attention_dropout", "stochastic_depth"):
+        if getattr(config, key) is not None:
+            overrides[key] = getattr(config, key)
+    torch.manual_seed(config.seed)
+    try:
+        model = models.create(
+            config.model,
+            num_classes=config.num_classes,
+            img_size=config.img_size,
+            positional_embedding=config.positional_embedding,
+            **overrides,
+        )
+    except StatmechError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as exc:
+        if not config.model_overrides:
+            raise  # the model's own defaults fail: a bug, not a user mistake
+        options = ", ".join(f"{k}={v!r}" for k, v in config.model_overrides.items())
+        raise ConfigError(
+            f"cannot build model {config.model} with {options}: {first_line(exc)}; change "
+            "--model-option"
+        ) from exc
+    return model.to(device)
+
+
+def _prepare(config: TrainConfig, dist: Dist) -> TrainState:
+    """Device, data, model, optimiser, schedule and scaler of a (new or resumed) run."""
+    device = resolve_device(config.device, dist)
+    seed_everything(epoch_seed(config.seed, -1))
+    splits = data_for_config(config.to_dict(), augment=config.augment)
+    config = _filled_from_data(config, splits)
+    train_set = subset(splits.train, config.limit_train, config.seed)
+    model = _build_model(config, device)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay)
+    per_rank = math.ceil(len(train_set) / dist.world)  # type: ignore[arg-type]
+    return TrainState(
+        config=config,
+        dist=dist,
+        device=device,
+        splits=splits,
+        train_set=train_set,
+        val_set=subset(splits.val, config.limit_eval, config.seed + 1),
+        test_set=subset(splits.test, config.limit_eval, config.seed + 2),
+        model=model,
+        optimizer=optimizer,
+        schedule=Schedule(config, optimizer, math.ceil(per_rank / config.batch_size)),
+        scaler=make_scaler(device, config.amp),
+    )
+
+
+def _restore(state: TrainState, resume: Mapping[str, Any]) -> None:
+    """Weights, optimiser, schedule, scaler and RNGs of a training checkpoint."""
+    from statmech_nn import models
+
+    models.load_weights(state.model, resume["model"])
+    state.optimizer.load_state_dict(resume["optimizer"])
+    state.schedule.load_state_dict(resume["scheduler"])
+    if state.scaler is not None and resume.get("scaler"):
+        state.scaler.load_state_dict(resume["scaler"])
+    restore_rng(resume["rng"])
+    state.start_epoch = int(resume["epoch"])
+
+
+def _wrap_for_dist(state: TrainState) -> nn.Module:
+    if not state.dist.enabled:
+        return state.model
+    device = state.device
+    return nn.parallel.DistributedDataParallel(
+        state.model, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+def _run_context(state: TrainState, resume_run_id: str | None) -> Any:
+    """The MLflow run (new, or the resumed one) on rank 0; nothing on the other ranks."""
+    if not state.dist.main:
+        return contextlib.nullcontext()
+    config = state.config
+    resumed = state.start_epoch if resume_run_id is not None else None
+    return tracking.run(
+        config.experiment,
+        run_name=f"{config.model}-{config.dataset}" if resume_run_id is None else None,
+        tags=records.run_tags(config, resumed),
+        resume_run_id=resume_run_id,
+    )
+
+
+def _record_start(state: TrainState, run_id: str) -> None:
+    """Params, dataset and the checkpoint of the untrained weights (epoch 0) of a new run."""
+    full_config = state.full_config
+    records.log_start(state.config, full_config, state.dist.world, state.splits)
+    tracking.log_checkpoint(run_id, _checkpoint(state, 0, None, {}), 0)
+
+
+def _checkpoint(
+    state: TrainState, epoch: int, loader_gen: torch.Generator | None, metrics: Mapping[str, float]
+) -> dict[str, Any]:
+    return training_state(
+        epoch,
+        state.model,
+        state.model_config,
+        state.full_config,
+        state.optimizer,
+        state.schedule,
+        state.scaler,
+        loader_gen,
+        metrics,
+    )
+
+
+# -- one epoch -----------------------------------------------------------------------------------
+
+
+def _run_epoch(
+    state: TrainState, epoch: int, run_id: str, on_epoch_end: EpochCallback | None
+) -> None:
+    """Train epoch ``epoch`` (0-based); rank 0 evaluates, logs and checkpoints it."""
+    loader, loader_gen = epoch_loader(state, epoch)
+    metrics = train_epoch(state, epoch, loader)
+    if state.dist.main:
+        config, done = state.config, epoch + 1
+        metrics["val_loss"], metrics["val_acc"] = evaluate(
+            state.model, state.val_set, config, state.device
+        )
+        _, metrics["test_acc"] = evaluate(state.model, state.test_set, config, state.device)
+        records.log_metrics(metrics, done)
+        if done % config.checkpoint_every == 0 or done == config.epochs:
+            tracking.log_checkpoint(run_id, _checkpoint(state, done, loader_gen, metrics), done)
+        if on_epoch_end is not None:
+            on_epoch_end(done, metrics)
+    barrier(state.dist)
+
+
+def epoch_loader(state: TrainState, epoch: int) -> tuple[DataLoader, torch.Generator]:
+    """Reseed everything for ``epoch``; the epoch's training loader and its generator."""
+    config, dist = state.config, state.dist
+    seed_everything(epoch_seed(config.seed, epoch, dist.rank))
+    gen = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+    if dist.enabled:
+        sampler: Any = torch.utils.data.DistributedSampler(
+            state.train_set, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=config.seed
+        )
+        sampler.set_epoch(epoch)
+    else:
+        sampler = RandomSampler(state.train_set, generator=gen)  # type: ignore[arg-type]
+    loader = DataLoader(
+        state.train_set,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        worker_init_fn=worker_init if config.workers > 0 else None,
+        generator=gen,
+        pin_memory=state.device.type == "cuda",
+    )
+    return loader, gen
+
+
+def _training_step(state: TrainState, epoch: int) -> Step:
+    config = state.config
+    assert state.net is not None
+    return Step(
+        net=state.net,
+        params=state.model.parameters,
+        optimizer=state.optimizer,
+        schedule=state.schedule,
+        scaler=state.scaler,
+        device=state.device,
+        amp=config.amp,
+        bf16=config.bf16,
+        label_smoothing=config.label_smoothing or 0,
+        grad_clip=config.grad_clip,
+        batch_transform=getattr(state.splits, "batch_transform", None),
+        check=lambda loss: check_finite(loss, epoch, state.dist),
+    )
+
+
+def train_epoch(state: TrainState, epoch: int, loader: DataLoader) -> dict[str, float]:
+    """One pass over ``loader``: ``train_loss``, ``train_acc``, ``lr``, ``images_per_s``."""
+    from tqdm.auto import tqdm
+
+    step = _training_step(state, epoch)
+    step.net.train()
+    totals = Totals()
+    hide = not state.dist.main or bool(os.environ.get("TQDM_DISABLE")) or not sys.stderr.isatty()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{state.config.epochs}", leave=False, disable=hide)
+    start = time.perf_counter()
+    for x, y in bar:
+        loss, logits, labels, lr = step(x, y)
+        totals.add(loss, logits, labels)
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+    bar.close()
+    elapsed = time.perf_counter() - start
+    loss_sum, correct, count = all_reduce_sum(totals.as_tensor(), state.dist).tolist()
+    return {
+        "train_loss": loss_sum / max(count, 1),
+        "train_acc": correct / max(count, 1),
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "images_per_s": count / max(elapsed, 1e-9),
+    }
+
+
+def check_finite(loss: torch.Tensor, epoch: int, dist: Dist) -> None:
+    """Stop every rank with :class:`TrainingDiverged` when any rank's loss is not finite."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0])
+    all_reduce_sum(bad, dist)
+    if bad.item() > 0:
+        raise TrainingDiverged(
+            f"the training loss became non-finite ({loss.item()}) in epoch {epoch + 1}; the run "
+            f"is marked FAILED and keeps its last good checkpoint. Lower --lr, "
+            "set a gradient clip, or turn off --bf16/AMP"
+        )
