@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from statmech_nn.commands import add_tracking_uri
+from statmech_nn.commands.options import add_tracking_uri
+from statmech_nn.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -127,35 +128,21 @@ def _help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def _layers(text: str | None) -> list[int] | None:
+    """``--layers 1,3`` -> ``[1, 3]``; ``None`` when not given."""
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError as exc:
+        raise ConfigError(f"--layers must be comma-separated layer numbers, got {text!r}") from exc
+
+
 def run(args: argparse.Namespace) -> int:
     from statmech_nn import studies
-    from statmech_nn.errors import StatmechError
 
-    if not 0.0 <= args.delta < 1.0:
-        raise StatmechError(f"--delta {args.delta} must be an accuracy drop in [0, 1), e.g. 0.01")
-    if args.trials < 1 or args.workers < 1:
-        raise StatmechError("--trials and --workers must be at least 1")
-    studies.normalize_storage(args.storage)
-    layers = None
-    if args.layers:
-        layers = [int(v) for v in args.layers.replace(" ", "").split(",") if v]
-    problem_dir = studies.build_problem(
-        args.run_id,
-        kind=args.kind,
-        layers=layers,
-        variant=args.variant,
-        min_cluster_size=args.min_cluster_size,
-        device=args.device,
-        tracking_uri=args.tracking_uri,
-        rebuild=args.rebuild_cache,
-    )
-    objective = (
-        studies.pareto_objective if args.objective == "pareto" else studies.constrained_objective
-    )
-    result = studies.run_andc_study(
-        problem_dir,
-        objective=objective,
-        objective_name=args.objective,
+    options = studies.StudyOptions(
+        objective=args.objective,
         n_trials=args.trials,
         workers=args.workers,
         storage=args.storage,
@@ -164,15 +151,31 @@ def run(args: argparse.Namespace) -> int:
         delta=args.delta,
         seed=args.seed,
         sampler=args.sampler,
-        tracking_uri=args.tracking_uri,
         heartbeat=studies.Heartbeat(args.heartbeat_interval, args.grace_period),
     )
-    print(
+    result = studies.for_run(
+        args.run_id,
+        options,
+        kind=args.kind,
+        layers=_layers(args.layers),
+        variant=args.variant,
+        min_cluster_size=args.min_cluster_size,
+        device=args.device,
+        tracking_uri=args.tracking_uri,
+        rebuild_cache=args.rebuild_cache,
+    )
+    for line in result_lines(result):
+        print(line)
+    return 0
+
+
+def result_lines(result: dict) -> list[str]:
+    """What ``study andc`` prints: the counts, the best thresholds, the study run id last."""
+    lines = [
         f"study {result['study_name']} ({result['storage']}): {result['complete_after']} "
         f"complete trials (+{result['added']}), unpruned accuracy "
         f"{result['base_accuracy']:.4f}, Pareto front of {len(result['front'])}"
-    )
+    ]
     if result["best"]:
-        print("best: " + json.dumps(result["best"]))
-    print(result["study_run_id"] or "")
-    return 0
+        lines.append("best: " + json.dumps(result["best"]))
+    return [*lines, result["study_run_id"] or ""]

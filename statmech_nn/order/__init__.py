@@ -1,13 +1,15 @@
 """Order parameters of SNP matrices: clusters, noise, signal, SNR, head symmetry breaking.
 
 METHODS.md sections 5 and 6. ``clusters`` works on raw boolean arrays, ``stats`` and
-``symmetry`` on the SNP ``xarray.Dataset`` (see docs/architecture.md), ``schema`` reads it.
+``symmetry`` on the SNP ``xarray.Dataset`` (see docs/architecture.md), ``schema`` reads it;
+``pipeline.for_run`` is the analysis of an MLflow SNP run that ``statmech-nn order`` runs.
 """
 
 from __future__ import annotations
 
 from statmech_nn.order.clusters import NodeClusters, greedy_clusters, node_clusters
 from statmech_nn.order.metrics import layer_labels, site_metrics, symmetry_metrics
+from statmech_nn.order.pipeline import OrderOptions, OrderResult, for_run
 from statmech_nn.order.schema import (
     ThresholdError,
     binarize,
@@ -29,10 +31,13 @@ from statmech_nn.order.symmetry import (
 __all__ = [
     "SNR_VARIANTS",
     "NodeClusters",
+    "OrderOptions",
+    "OrderResult",
     "ThresholdError",
     "binarize",
     "check_theta",
     "expertise",
+    "for_run",
     "greedy_clusters",
     "head_kinds",
     "head_symmetry",
