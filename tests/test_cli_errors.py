@@ -137,7 +137,8 @@ CASES: dict[str, tuple[list[str], str, list]] = {
     "scaling --draws 0": (["scaling", "{train}", "--labels", "2,3", "--draws", "0"],
                           "--draws must be >= 1", []),
     "order --over-checkpoints over a truncated old checkpoint": (
-        ["order", "{bad_snp}", "--over-checkpoints", "--device", "cpu"], "corrupt or truncated", []),
+        ["order", "{bad_snp}", "--over-checkpoints", "--device", "cpu"],
+        "corrupt or truncated", []),
     "order --null-permutations 0": (["order", "{snp}", "--null-permutations", "0"],
                                     "--null-permutations must be >= 1", []),
     "study with a mismatched --variant": ([*STUDY, "--study-name", "existing", "--variant",

@@ -32,6 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--trials trials to the same study."
         ),
     )
+    _add_study_arguments(andc)
+    _add_problem_arguments(andc)
+    andc.set_defaults(func=run)
+    parser.set_defaults(func=lambda args: _help(parser))
+
+
+def _add_study_arguments(andc: argparse.ArgumentParser) -> None:
+    """The run, its trials, objective, workers, storage, name, sampler and heartbeat."""
     andc.add_argument(
         "run_id", metavar="RUN_ID", help="an SNP run id, or a training run id (its newest SNP run)"
     )
@@ -71,6 +79,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="study name (default: andc-OBJECTIVE-KIND-RUNID[-per-site]); reuse it to resume",
     )
     andc.add_argument(
+        "--sampler",
+        choices=("tpe", "random", "nsga2"),
+        default="tpe",
+        help="Optuna sampler, seeded per worker (default: tpe)",
+    )
+    andc.add_argument("--seed", type=int, default=0, help="base sampler seed (default: 0)")
+    andc.add_argument(
+        "--heartbeat-interval",
+        type=int,
+        default=60,
+        help="RDB storages: seconds between a running trial's heartbeats (default: 60)",
+    )
+    andc.add_argument(
+        "--grace-period",
+        type=int,
+        default=120,
+        help="RDB storages: a trial silent this long is failed and retried (default: 120)",
+    )
+
+
+def _add_problem_arguments(andc: argparse.ArgumentParser) -> None:
+    """What is pruned (sites, variant, thresholds) and where the feature cache comes from."""
+    andc.add_argument(
         "--per-site",
         action="store_true",
         help="one threshold per site (theta.block{i}) instead of one global threshold",
@@ -95,32 +126,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="cluster variant: smallest cluster whose labels are kept (default: 1)",
     )
-    andc.add_argument(
-        "--sampler",
-        choices=("tpe", "random", "nsga2"),
-        default="tpe",
-        help="Optuna sampler, seeded per worker (default: tpe)",
-    )
-    andc.add_argument("--seed", type=int, default=0, help="base sampler seed (default: 0)")
-    andc.add_argument(
-        "--heartbeat-interval",
-        type=int,
-        default=60,
-        help="RDB storages: seconds between a running trial's heartbeats (default: 60)",
-    )
-    andc.add_argument(
-        "--grace-period",
-        type=int,
-        default=120,
-        help="RDB storages: a trial silent this long is failed and retried (default: 120)",
-    )
     andc.add_argument("--device", default=None, help="device for building the feature cache")
     add_tracking_uri(andc)
     andc.add_argument(
         "--rebuild-cache", action="store_true", help="recompute the cached readout inputs"
     )
-    andc.set_defaults(func=run)
-    parser.set_defaults(func=lambda args: _help(parser))
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
