@@ -8,6 +8,7 @@ the traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -67,11 +68,63 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (StatmechError, FileNotFoundError) as exc:
-        if args.debug:
+    except Exception as exc:
+        message = error_line(exc, getattr(args, "tracking_uri", None))
+        if message is None or args.debug:
             raise
-        print(f"statmech-nn {args.command}: error: {exc}", file=sys.stderr)
+        print(f"statmech-nn {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+# OS errors a user fixes (permissions, a read-only or full disk), not bugs: one line each.
+_OS_ERRNOS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+}
+_SQLITE_HINTS = ("readonly database", "disk is full", "unable to open database file")
+
+
+def error_line(exc: BaseException, tracking_uri: str | None = None) -> str | None:
+    """The one line the CLI prints for ``exc``, or ``None`` when it is a bug (traceback).
+
+    :class:`StatmechError` and a missing file print their message; permission, read-only and
+    full-disk errors (also when a library wrapped them, e.g. SQLite under MLflow) name the path.
+    """
+    if isinstance(exc, StatmechError | FileNotFoundError):
+        return " ".join(str(exc).split()) or type(exc).__name__
+    for cause in _chain(exc):
+        if isinstance(cause, OSError) and cause.errno in _OS_ERRNOS:
+            where = cause.filename or cause.filename2
+            what = _OS_ERRNOS[cause.errno]
+            return f"{what}: {where}" if where else f"{what} ({cause.strerror or cause})"
+        text = str(cause).lower()
+        if type(cause).__name__ == "OperationalError" and any(h in text for h in _SQLITE_HINTS):
+            hint = next(h for h in _SQLITE_HINTS if h in text)
+            return f"the tracking store cannot be written ({hint}): {_store_hint(tracking_uri)}"
+    return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _store_hint(tracking_uri: str | None) -> str:
+    """Where the tracking store is (its path for SQLite), for the read-only / full-disk line."""
+    from statmech_nn import tracking
+
+    try:
+        uri = tracking.resolve_uri(tracking_uri)
+    except Exception:  # noqa: BLE001 - only a hint in an error message
+        return "the --tracking-uri folder and its disk"
+    return uri.removeprefix("sqlite:///")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,19 @@
 """The main job: train, SNP, order parameters over training, an ANDC study and a report.
 
-The demo is the public commands chained, nothing more: each step is printed as the exact
-``statmech-nn`` command that a researcher can rerun or vary, and every result lands in MLflow.
+The demo is the public commands chained, nothing more: each step calls the library function
+that its command runs, is printed as the exact ``statmech-nn`` command that a researcher can
+rerun or vary, and every result lands in MLflow.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import shlex
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from statmech_nn.errors import StatmechError
+from statmech_nn.errors import ConfigError, StatmechError
 
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": {
@@ -27,7 +26,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "readout_epochs": 8,
         "null_permutations": 500,
         "trials": 30,
-        "train_options": ["--model-option", "num_heads=4"],
+        "model_options": {"num_heads": 4},
+        "data_options": {},
     },
     "synthetic": {
         "model": "cct_2_3x2_32",
@@ -39,14 +39,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "readout_epochs": 4,
         "null_permutations": 500,
         "trials": 30,
-        "train_options": [
-            "--model-option",
-            "num_heads=4",
-            "--data-option",
-            "num_super=5",
-            "--data-option",
-            "num_sub=4",
-        ],
+        "model_options": {"num_heads": 4},
+        "data_options": {"num_super": 5, "num_sub": 4},
     },
     "cifar100": {
         "model": "cct_7_3x1_32",
@@ -59,7 +53,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "readout_epochs": 30,
         "null_permutations": 1000,
         "trials": 200,
-        "train_options": [],
+        "model_options": {},
+        "data_options": {},
     },
 }
 
@@ -75,37 +70,6 @@ class DemoResult:
     report_path: str = ""
     commands: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-class _Tee(io.TextIOBase):
-    """Write to the terminal and keep a copy (to read the run id a command prints last)."""
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-        self.buffer_text = io.StringIO()
-
-    def write(self, text: str) -> int:
-        self.stream.write(text)
-        self.buffer_text.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def invoke(argv: list[str], quiet: bool = False) -> str:
-    """Run one ``statmech-nn`` command in this process; return the last line it printed."""
-    from statmech_nn.cli import build_parser
-
-    args = build_parser().parse_args(argv)
-    args.debug = True
-    tee = _Tee(io.StringIO() if quiet else sys.stdout)
-    with contextlib.redirect_stdout(tee):
-        code = args.func(args)
-    if code:
-        raise StatmechError(f"'statmech-nn {shlex.join(argv)}' exited with {code}")
-    lines = [line for line in tee.buffer_text.getvalue().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
 
 
 def plan(
@@ -132,7 +96,12 @@ def plan(
         ("readout_epochs", readout_epochs),
     ):
         if value is not None:
+            if value < 1:
+                raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
             settings[key] = value
+    for key, value in (("limit_train", limit_train), ("limit_eval", limit_eval)):
+        if value is not None and value < 1:
+            raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
     settings.update(
         data_root=data_root,
         device=device,
@@ -163,7 +132,10 @@ def train_argv(s: dict[str, Any]) -> list[str]:
         argv += ["--limit-train", str(s["limit_train"])]
     if s["limit_eval"]:
         argv += ["--limit-eval", str(s["limit_eval"])]
-    argv += ["--device", s["device"], "--experiment", s["experiment"], *s["train_options"]]
+    argv += ["--device", s["device"], "--experiment", s["experiment"]]
+    for flag, options in (("--model-option", "model_options"), ("--data-option", "data_options")):
+        for key, value in s[options].items():
+            argv += [flag, f"{key}={value}"]
     return argv + _common(s)
 
 
@@ -193,25 +165,129 @@ def study_argv(s: dict[str, Any], snp_run_id: str) -> list[str]:
 
 
 def run(settings: dict[str, Any], quiet: bool = False) -> DemoResult:
-    """Run the whole pipeline; return the run ids (the report path last)."""
-    result = DemoResult()
+    """Run the whole pipeline; return the run ids (the report path last).
 
-    def step(name: str, argv: list[str]) -> str:
+    Each step calls the library function its command runs and prints what that command prints
+    (nothing with ``quiet``), after the command line that reproduces it.
+    """
+    result = DemoResult()
+    out = (lambda *lines: None) if quiet else _print_lines
+    s = settings
+
+    def step(name: str, argv: list[str], work: Callable[[], str]) -> str:
         command = "statmech-nn " + shlex.join(argv)
         result.commands.append(command)
         print(f"\n=== {name}: {command}", flush=True)
         start = time.perf_counter()
-        out = invoke(argv, quiet=quiet)
+        value = work()
         result.seconds[name] = time.perf_counter() - start
-        return out
+        return value
 
-    result.train_run_id = step("train", train_argv(settings))
-    result.snp_run_id = step("snp", snp_argv(settings, result.train_run_id))
-    result.order_run_id = step("order", order_argv(settings, result.snp_run_id))
-    result.study_run_id = step("study", study_argv(settings, result.snp_run_id))
-    report_argv = ["report", result.train_run_id, *_common(settings)]
-    result.report_path = step("report", report_argv)
+    result.train_run_id = step("train", train_argv(s), lambda: _train(s, out))
+    train_id = result.train_run_id
+    result.snp_run_id = step("snp", snp_argv(s, train_id), lambda: _snp(s, train_id, out))
+    snp_id = result.snp_run_id
+    result.order_run_id = step("order", order_argv(s, snp_id), lambda: _order(s, snp_id, out))
+    result.study_run_id = step("study", study_argv(s, snp_id), lambda: _study(s, snp_id, out))
+    report_argv = ["report", train_id, *_common(s)]
+    result.report_path = step("report", report_argv, lambda: _report(s, train_id, out))
     return result
+
+
+def _print_lines(*lines: str) -> None:
+    for line in lines:
+        print(line, flush=True)
+
+
+def _device(s: dict[str, Any]) -> str | None:
+    return None if s["device"] == "auto" else s["device"]
+
+
+def _train(s: dict[str, Any], out: Callable[..., None]) -> str:
+    """``statmech-nn train``: :func:`statmech_nn.train.train` on the preset's config."""
+    from statmech_nn import recipes
+    from statmech_nn.commands.train import install_sigterm
+    from statmech_nn.train import train
+
+    config = recipes.config(
+        s.get("recipe") or recipes.DEFAULT,
+        model=s["model"],
+        dataset=s["dataset"],
+        epochs=s["epochs"],
+        checkpoint_every=s["checkpoint_every"],
+        batch_size=s["batch_size"],
+        seed=s["seed"],
+        lr=s.get("lr") or None,
+        data_root=s["data_root"] or None,
+        limit_train=s["limit_train"] or None,
+        limit_eval=s["limit_eval"] or None,
+        device=s["device"],
+        experiment=s["experiment"],
+        model_overrides=dict(s["model_options"]) or None,
+        dataset_options=dict(s["data_options"]) or None,
+    )
+    install_sigterm()
+    run_id = train(config, tracking_uri=s["tracking_uri"])
+    out(run_id)
+    return run_id
+
+
+def _snp(s: dict[str, Any], train_id: str, out: Callable[..., None]) -> str:
+    """``statmech-nn snp``: :func:`statmech_nn.snp.compute_for_run` on the MHA and FF sites."""
+    from statmech_nn import snp
+    from statmech_nn.commands.snp import snp_summary
+
+    child_id, ds = snp.compute_for_run(
+        train_id,
+        sites="mha,ff",
+        readout_epochs=s["readout_epochs"],
+        device=_device(s),
+        progress=False,
+        tracking_uri=s["tracking_uri"],
+        limit_train=s["limit_train"] or None,
+        limit_eval=s["limit_eval"] or None,
+        readout_options={"lr": 0.01},
+    )
+    out(*snp_summary(ds), child_id)
+    return child_id
+
+
+def _order(s: dict[str, Any], snp_id: str, out: Callable[..., None]) -> str:
+    """``statmech-nn order --over-checkpoints``: :func:`statmech_nn.order.for_run`."""
+    from statmech_nn import order
+    from statmech_nn.order.pipeline import summary
+
+    options = order.OrderOptions(
+        null_permutations=s["null_permutations"], over_checkpoints=True, device=_device(s)
+    )
+    result = order.for_run(
+        snp_id,
+        options,
+        tracking_uri=s["tracking_uri"],
+        on_epoch=lambda epoch, metrics: out(f"epoch {epoch}: " + summary(metrics)),
+    )
+    out(summary(result.metrics), result.run_id)
+    return result.run_id
+
+
+def _study(s: dict[str, Any], snp_id: str, out: Callable[..., None]) -> str:
+    """``statmech-nn study andc``: :func:`statmech_nn.studies.for_run` on the FF readouts."""
+    from statmech_nn import studies
+    from statmech_nn.commands.study import result_lines
+
+    options = studies.StudyOptions(n_trials=s["trials"], study_name=f"demo-andc-{snp_id[:8]}")
+    result = studies.for_run(snp_id, options, kind="ff", tracking_uri=s["tracking_uri"])
+    out(*result_lines(result))
+    return result["study_run_id"] or ""
+
+
+def _report(s: dict[str, Any], train_id: str, out: Callable[..., None]) -> str:
+    """``statmech-nn report``: :func:`statmech_nn.report.write_report`."""
+    from statmech_nn.report import write_report
+
+    path = str(write_report(train_id, None, s["tracking_uri"]).resolve())
+    out(path)
+    return path
 
 
 def summary_table(result: DemoResult) -> str:

@@ -10,20 +10,23 @@ over all (K, draw) points with finite values.
 
 from __future__ import annotations
 
+import copy
+import tempfile
 from collections.abc import Mapping, Sequence
-from types import SimpleNamespace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 from torch.utils.data import Dataset
 
-from statmech_nn.errors import StatmechError
+from statmech_nn.errors import ConfigError
+from statmech_nn.naming import KIND_SCALING, KIND_TAG
 
 FITTED = ("error", "snr", "cluster_size")
 
 
-class ScalingError(StatmechError, ValueError):
+class ScalingError(ConfigError):
     """Label counts or draws that a scaling analysis cannot use."""
 
 
@@ -40,6 +43,13 @@ def check_ks(ks: Sequence[int], n_labels: int) -> list[int]:
             f"use K values between 2 and {n_labels}"
         )
     return ks
+
+
+def check_draws(draws: int) -> int:
+    """``draws`` if it is at least 1, else :class:`ScalingError`."""
+    if int(draws) < 1:
+        raise ScalingError(f"--draws must be >= 1, got {draws}")
+    return int(draws)
 
 
 def parse_ks(text: str) -> list[int]:
@@ -59,8 +69,7 @@ def label_subsets(n_labels: int, ks: Sequence[int], draws: int, seed: int = 0) -
     Subset ``(K, d)`` depends only on ``(seed, K, d)``, so adding K values or draws does not
     change the others.
     """
-    if draws < 1:
-        raise ScalingError(f"draws must be >= 1, got {draws}")
+    check_draws(draws)
     ks = check_ks(ks, n_labels)
     out = np.full((len(ks), draws, ks[-1]), -1, dtype=np.int64)
     for i, k in enumerate(ks):
@@ -92,18 +101,15 @@ class LabelSubset(Dataset):
         return image, self.targets[index]
 
 
-def subset_splits(splits: Any, labels: Sequence[int], split: str = "test") -> SimpleNamespace:
-    """``splits`` restricted to ``labels`` (train and ``split``), relabelled ``0..K-1``."""
+def subset_splits(splits: Any, labels: Sequence[int], split: str = "test") -> Any:
+    """A copy of ``splits`` cut to ``labels`` (train and ``split``), relabelled ``0..K-1``."""
     labels = sorted(int(x) for x in labels)
     classes = list(getattr(splits, "classes", [str(i) for i in range(max(labels) + 1)]))
-    out = SimpleNamespace(
-        train=LabelSubset(splits.train, labels),
-        val=splits.val,
-        test=splits.test,
-        classes=[str(classes[l]) for l in labels],
-        num_classes=len(labels),
-    )
+    out = copy.copy(splits)
+    out.train = LabelSubset(splits.train, labels)
     setattr(out, split, LabelSubset(getattr(splits, split), labels))
+    out.classes = [str(classes[l]) for l in labels]
+    out.num_classes = len(labels)
     if len(out.train) == 0 or len(getattr(out, split)) == 0:
         raise ScalingError(f"labels {labels} have no samples in the train or {split} split")
     return out
@@ -210,3 +216,101 @@ def scaling(
         "fit": "scipy.stats.linregress over all (K, draw) points with finite values",
     }
     return with_fits(result)
+
+
+def for_run(
+    run_id: str,
+    ks: Sequence[int],
+    draws: int = 3,
+    site: str | None = None,
+    epoch: int | None = None,
+    theta: float = 0.3,
+    snr_variant: str = "labels",
+    seed: int = 0,
+    limit_train: int | None = None,
+    snp_options: Mapping[str, Any] | None = None,
+    tracking_uri: str | None = None,
+) -> tuple[str, xr.Dataset]:
+    """Run the scaling analysis on a training run's checkpoint, logged as a ``scaling`` child.
+
+    Everything is checked before the child run is created. Returns ``(child_run_id, result)``
+    with ``result`` from :func:`scaling`.
+    """
+    from statmech_nn import tracking
+    from statmech_nn.order.runs import training_run_of
+
+    check_options(ks, draws, theta, snr_variant)
+    tracking.init_store(tracking_uri)
+    training = training_run_of(run_id)
+    ckpt = tracking.load_checkpoint(training, epoch)
+    splits = _checked_data(ckpt, ks, site, seed, limit_train)
+    options = {"seed": seed, **dict(snp_options or {})}
+    with tracking.run(
+        None, run_name="scaling", parent_run_id=training, tags={KIND_TAG: KIND_SCALING}
+    ) as active:
+        result = scaling(ckpt.model, splits, ks, draws, site, seed, theta, snr_variant, options)
+        params = {"checkpoint_epoch": ckpt.epoch, "limit_train": limit_train}
+        _log_result(result, draws, options, params)
+    return active.info.run_id, result
+
+
+def check_options(ks: Sequence[int], draws: int, theta: float, snr_variant: str) -> None:
+    """Refuse (one :class:`ConfigError`) what :func:`scaling` could not use, before any run."""
+    from statmech_nn.naming import check_theta
+    from statmech_nn.order import SNR_VARIANTS
+
+    check_theta(theta)
+    check_draws(draws)
+    parse_ks(",".join(str(k) for k in ks))
+    if snr_variant not in SNR_VARIANTS:
+        raise ScalingError(f"unknown SNR variant {snr_variant!r}; use {SNR_VARIANTS}")
+
+
+def _checked_data(
+    ckpt: Any, ks: Sequence[int], site: str | None, seed: int, limit_train: int | None
+) -> Any:
+    """The run's data without augmentation (train cut to ``limit_train``), checked against K."""
+    from statmech_nn.sites import resolve
+    from statmech_nn.data import data_for_config
+
+    splits = data_for_config(ckpt.config, augment="none")
+    check_ks(ks, int(splits.num_classes))
+    resolve(ckpt.model, [site or default_site(ckpt.model)])
+    return splits.limited(seed, train=limit_train)
+
+
+def _log_result(
+    result: xr.Dataset, draws: int, options: Mapping[str, Any], extra: Mapping[str, Any]
+) -> None:
+    """Params, per-K metrics (step = K), the fits, ``scaling/scaling.nc`` and its figure."""
+    import mlflow
+
+    from statmech_nn import figures
+
+    mlflow.log_params(
+        {
+            "site": result.attrs["site"],
+            "labels": ",".join(str(int(k)) for k in result["K"].values),
+            "draws": draws,
+            "theta": result.attrs["theta"],
+            "snr": result.attrs["snr_variant"],
+            "seed": result.attrs["seed"],
+            **extra,
+            **{f"snp_{k}": v for k, v in options.items() if k != "seed"},
+        }
+    )
+    for i, k in enumerate(result["K"].values):
+        step = {f"scaling.{name}": float(result[name].isel(K=i).mean()) for name in FITTED}
+        mlflow.log_metrics({k_: v for k_, v in step.items() if v == v}, step=int(k))
+    fits = {
+        f"scaling.{name}.{key}": float(result[f"{name}_{key}"])
+        for name in FITTED
+        for key in ("slope", "intercept", "r2")
+    }
+    mlflow.log_metrics({k: v for k, v in fits.items() if v == v})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "scaling.nc"
+        result.to_netcdf(path, engine="h5netcdf")
+        mlflow.log_artifact(str(path), artifact_path="scaling")
+        fig = figures.scaling_curves(result, Path(tmp) / "scaling.png")
+        mlflow.log_artifact(str(fig), artifact_path="figures")

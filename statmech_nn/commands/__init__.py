@@ -1,15 +1,7 @@
-"""One module per ``statmech-nn`` command; options they share are added here."""
+"""One module per ``statmech-nn`` command; the options they share live in ``options``."""
 
 from __future__ import annotations
 
-import argparse
+from statmech_nn.commands.options import TRACKING_URI_HELP, add_tracking_uri
 
-TRACKING_URI_HELP = (
-    "MLflow tracking store or server (default: $MLFLOW_TRACKING_URI, else "
-    "sqlite:///mlruns/mlflow.db in the working directory)"
-)
-
-
-def add_tracking_uri(parser: argparse.ArgumentParser) -> None:
-    """The ``--tracking-uri`` option every command that reads or writes MLflow takes."""
-    parser.add_argument("--tracking-uri", metavar="URI", default=None, help=TRACKING_URI_HELP)
+__all__ = ["TRACKING_URI_HELP", "add_tracking_uri"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from statmech_nn.commands import add_tracking_uri
+from statmech_nn.commands import options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,17 +63,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="random-pruning controls, each retrained like ANDC; 0 skips them (default: 1)",
     )
     parser.add_argument("--seed", type=int, default=0, help="retraining and control seed")
-    parser.add_argument(
-        "--device", default=None, help="torch device (default: cuda if available, else cpu)"
-    )
-    add_tracking_uri(parser)
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    options.add_device(parser)
+    options.add_tracking_uri(parser)
+    options.add_no_progress(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from statmech_nn.network_pruning import prune_network, summary_lines
 
+    options.at_least("--epochs", args.epochs, 0)
+    options.at_least("--random-draws", args.random_draws, 0)
+    options.at_least("--batch-size", args.batch_size, 1)
+    options.positive_float("--lr", args.lr)
     child_id, result = prune_network(
         args.run_id,
         theta=args.theta,

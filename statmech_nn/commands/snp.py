@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from statmech_nn.commands import add_tracking_uri
+from statmech_nn.commands import options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,35 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Default: all"
         ),
     )
-    parser.add_argument(
-        "--readout",
-        default="seqpool",
-        choices=("seqpool", "flatten", "mean"),
-        help="readout trained on each site (default: seqpool)",
-    )
-    parser.add_argument(
-        "--silencing",
-        default="pre_pool",
-        choices=("pre_pool", "post_pool"),
-        help=(
-            "seqpool only: silence the other nodes before pooling (pre_pool, default) or after "
-            "it (post_pool, fields add up to the logits)"
-        ),
-    )
-    parser.add_argument(
-        "--readout-epochs",
-        type=int,
-        default=10,
-        help="epochs of readout training (default: 10; the papers used 200 on CIFAR)",
-    )
-    parser.add_argument(
-        "--readout-lr", type=float, default=0.01, help="readout SGD learning rate (default: 0.01)"
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=128,
-        help="batch size of readout training and evaluation (default: 128)",
+    options.add_readout(
+        parser,
+        epochs_help="epochs of readout training (default: 10; the papers used 200 on CIFAR)",
+        batch_help="batch size of readout training and evaluation (default: 128)",
     )
     parser.add_argument(
         "--chunk-size",
@@ -91,25 +66,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="compute the matrices on a seeded random subset of this many samples",
     )
-    parser.add_argument(
-        "--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)"
-    )
-    add_tracking_uri(parser)
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    options.add_device(parser)
+    options.add_tracking_uri(parser)
+    options.add_no_progress(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from statmech_nn import snp
 
+    readout = options.readout_options(args, minimum_epochs=1)
+    options.at_least("--chunk-size", args.chunk_size, 1)
+    options.sample_limits(args)
     child_id, ds = snp.compute_for_run(
         args.run_id,
         epoch=args.epoch,
         sites=args.sites,
-        readout=args.readout,
-        silencing=args.silencing,
-        readout_epochs=args.readout_epochs,
-        batch_size=args.batch_size,
         chunk_size=args.chunk_size,
         split=args.split,
         seed=args.seed,
@@ -118,14 +90,22 @@ def run(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         limit_train=args.limit_train,
         limit_eval=args.limit_eval,
-        readout_options={"lr": args.readout_lr},
+        **readout,
     )
+    for line in snp_summary(ds):
+        print(line)
+    print(child_id)
+    return 0
+
+
+def snp_summary(ds) -> list[str]:
+    """One line per site kind: the readout accuracy of each layer."""
+    lines = []
     for kind in ds.attrs["kinds"]:
         accs = ", ".join(
             f"{int(layer)}: {float(acc):.3f}"
             for layer, acc in zip(ds.layer.values, ds[f"acc_{kind}"].values, strict=True)
             if acc == acc
         )
-        print(f"readout accuracy {kind} by layer: {accs}")
-    print(child_id)
-    return 0
+        lines.append(f"readout accuracy {kind} by layer: {accs}")
+    return lines

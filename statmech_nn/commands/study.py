@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from statmech_nn.commands import add_tracking_uri
+from statmech_nn.commands.options import add_tracking_uri
+from statmech_nn.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--trials trials to the same study."
         ),
     )
+    _add_study_arguments(andc)
+    _add_problem_arguments(andc)
+    andc.set_defaults(func=run)
+    parser.set_defaults(func=lambda args: _help(parser))
+
+
+def _add_study_arguments(andc: argparse.ArgumentParser) -> None:
+    """The run, its trials, objective, workers, storage, name, sampler and heartbeat."""
     andc.add_argument(
         "run_id", metavar="RUN_ID", help="an SNP run id, or a training run id (its newest SNP run)"
     )
@@ -70,6 +79,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="study name (default: andc-OBJECTIVE-KIND-RUNID[-per-site]); reuse it to resume",
     )
     andc.add_argument(
+        "--sampler",
+        choices=("tpe", "random", "nsga2"),
+        default="tpe",
+        help="Optuna sampler, seeded per worker (default: tpe)",
+    )
+    andc.add_argument("--seed", type=int, default=0, help="base sampler seed (default: 0)")
+    andc.add_argument(
+        "--heartbeat-interval",
+        type=int,
+        default=60,
+        help="RDB storages: seconds between a running trial's heartbeats (default: 60)",
+    )
+    andc.add_argument(
+        "--grace-period",
+        type=int,
+        default=120,
+        help="RDB storages: a trial silent this long is failed and retried (default: 120)",
+    )
+
+
+def _add_problem_arguments(andc: argparse.ArgumentParser) -> None:
+    """What is pruned (sites, variant, thresholds) and where the feature cache comes from."""
+    andc.add_argument(
         "--per-site",
         action="store_true",
         help="one threshold per site (theta.block{i}) instead of one global threshold",
@@ -94,32 +126,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="cluster variant: smallest cluster whose labels are kept (default: 1)",
     )
-    andc.add_argument(
-        "--sampler",
-        choices=("tpe", "random", "nsga2"),
-        default="tpe",
-        help="Optuna sampler, seeded per worker (default: tpe)",
-    )
-    andc.add_argument("--seed", type=int, default=0, help="base sampler seed (default: 0)")
-    andc.add_argument(
-        "--heartbeat-interval",
-        type=int,
-        default=60,
-        help="RDB storages: seconds between a running trial's heartbeats (default: 60)",
-    )
-    andc.add_argument(
-        "--grace-period",
-        type=int,
-        default=120,
-        help="RDB storages: a trial silent this long is failed and retried (default: 120)",
-    )
     andc.add_argument("--device", default=None, help="device for building the feature cache")
     add_tracking_uri(andc)
     andc.add_argument(
         "--rebuild-cache", action="store_true", help="recompute the cached readout inputs"
     )
-    andc.set_defaults(func=run)
-    parser.set_defaults(func=lambda args: _help(parser))
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
@@ -127,35 +138,21 @@ def _help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def _layers(text: str | None) -> list[int] | None:
+    """``--layers 1,3`` -> ``[1, 3]``; ``None`` when not given."""
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError as exc:
+        raise ConfigError(f"--layers must be comma-separated layer numbers, got {text!r}") from exc
+
+
 def run(args: argparse.Namespace) -> int:
     from statmech_nn import studies
-    from statmech_nn.errors import StatmechError
 
-    if not 0.0 <= args.delta < 1.0:
-        raise StatmechError(f"--delta {args.delta} must be an accuracy drop in [0, 1), e.g. 0.01")
-    if args.trials < 1 or args.workers < 1:
-        raise StatmechError("--trials and --workers must be at least 1")
-    studies.normalize_storage(args.storage)
-    layers = None
-    if args.layers:
-        layers = [int(v) for v in args.layers.replace(" ", "").split(",") if v]
-    problem_dir = studies.build_problem(
-        args.run_id,
-        kind=args.kind,
-        layers=layers,
-        variant=args.variant,
-        min_cluster_size=args.min_cluster_size,
-        device=args.device,
-        tracking_uri=args.tracking_uri,
-        rebuild=args.rebuild_cache,
-    )
-    objective = (
-        studies.pareto_objective if args.objective == "pareto" else studies.constrained_objective
-    )
-    result = studies.run_andc_study(
-        problem_dir,
-        objective=objective,
-        objective_name=args.objective,
+    options = studies.StudyOptions(
+        objective=args.objective,
         n_trials=args.trials,
         workers=args.workers,
         storage=args.storage,
@@ -164,15 +161,31 @@ def run(args: argparse.Namespace) -> int:
         delta=args.delta,
         seed=args.seed,
         sampler=args.sampler,
-        tracking_uri=args.tracking_uri,
         heartbeat=studies.Heartbeat(args.heartbeat_interval, args.grace_period),
     )
-    print(
+    result = studies.for_run(
+        args.run_id,
+        options,
+        kind=args.kind,
+        layers=_layers(args.layers),
+        variant=args.variant,
+        min_cluster_size=args.min_cluster_size,
+        device=args.device,
+        tracking_uri=args.tracking_uri,
+        rebuild_cache=args.rebuild_cache,
+    )
+    for line in result_lines(result):
+        print(line)
+    return 0
+
+
+def result_lines(result: dict) -> list[str]:
+    """What ``study andc`` prints: the counts, the best thresholds, the study run id last."""
+    lines = [
         f"study {result['study_name']} ({result['storage']}): {result['complete_after']} "
         f"complete trials (+{result['added']}), unpruned accuracy "
         f"{result['base_accuracy']:.4f}, Pareto front of {len(result['front'])}"
-    )
+    ]
     if result["best"]:
-        print("best: " + json.dumps(result["best"]))
-    print(result["study_run_id"] or "")
-    return 0
+        lines.append("best: " + json.dumps(result["best"]))
+    return [*lines, result["study_run_id"] or ""]

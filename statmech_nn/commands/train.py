@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Any
 
-from statmech_nn.commands import add_tracking_uri
+from statmech_nn.commands.options import add_tracking_uri
 
 # CLI flag -> TrainConfig field, for flags that set a training value (None = not given).
 _CONFIG_FLAGS = (
@@ -85,7 +85,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    what = parser.add_argument_group("what to train")
+    _add_what(parser.add_argument_group("what to train"), recipes)
+    _add_how(parser.add_argument_group("how to train"))
+    _add_where(parser.add_argument_group("where to run and record"))
+    parser.set_defaults(func=run)
+
+
+def _add_what(what: Any, recipes: Any) -> None:
     what.add_argument(
         "--recipe",
         default=None,
@@ -131,7 +137,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="a model constructor argument, e.g. embedding_dim=64 (repeatable)",
     )
-    how = parser.add_argument_group("how to train")
+
+
+def _add_how(how: Any) -> None:
     how.add_argument("--epochs", type=int, help="number of epochs")
     how.add_argument("--seed", type=int, help="random seed (data order, init, augmentation)")
     how.add_argument("--batch-size", type=int, help="batch size (per process under torchrun)")
@@ -154,7 +162,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     how.add_argument(
         "--limit-eval", type=int, metavar="N", help="validate and test on N random samples"
     )
-    run_ = parser.add_argument_group("where to run and record")
+
+
+def _add_where(run_: Any) -> None:
     run_.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), help="cuda if available by default"
     )
@@ -175,45 +185,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="RUN_ID",
         help="continue this interrupted run from its last checkpoint, with its own settings",
     )
-    parser.set_defaults(func=run)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def run(args: argparse.Namespace) -> int:
-    import os
+def install_sigterm() -> None:
+    """SIGTERM stops training like Ctrl-C does (the run ends KILLED, checkpoints kept)."""
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The TrainConfig the flags ask for (``None`` to resume with the run's own settings)."""
     from statmech_nn import recipes
-    from statmech_nn.train import train
 
     values = {name: getattr(args, name) for name in _CONFIG_FLAGS}
-    values["download"] = args.download
-    values["bf16"] = args.bf16
-    values["amp"] = args.amp
+    values.update(download=args.download, bf16=args.bf16, amp=args.amp)
     runtime = {name: getattr(args, name) for name in _RUNTIME_FLAGS}
     if args.data_option:
         values["dataset_options"] = dict(args.data_option)
     if args.model_option:
         values["model_overrides"] = dict(args.model_option)
+    if not args.resume:
+        return recipes.config(args.recipe or recipes.DEFAULT, **values, **runtime)
+    given = sorted(k for k, v in values.items() if v is not None)
+    if given or args.recipe:
+        ignored = ", ".join("--" + k.replace("_", "-") for k in given) or "--recipe"
+        print(
+            "statmech-nn train: note: --resume continues with the run's own settings; "
+            f"ignoring {ignored}",
+            file=sys.stderr,
+        )
+    if any(v is not None for v in runtime.values()):
+        return recipes.config(args.recipe or recipes.DEFAULT, **runtime)
+    return None
 
-    config = None
-    if args.resume:
-        given = sorted(k for k, v in values.items() if v is not None)
-        if given or args.recipe:
-            print(
-                "statmech-nn train: note: --resume continues with the run's own settings; "
-                f"ignoring {', '.join('--' + k.replace('_', '-') for k in given) or '--recipe'}",
-                file=sys.stderr,
-            )
-        if any(v is not None for v in runtime.values()):
-            config = recipes.config(args.recipe or recipes.DEFAULT, **runtime)
-    else:
-        config = recipes.config(args.recipe or recipes.DEFAULT, **values, **runtime)
 
-    if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, _on_sigterm)
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from statmech_nn.train import train
+
+    config = config_from_args(args)
+    install_sigterm()
     run_id = train(config, tracking_uri=args.tracking_uri, resume_run_id=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(run_id, flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,6 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+SPLIT_NAMES = ("train", "val", "test")
+TRAINING_SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}
+"""Seed offsets of training's sample limits: val and test subsets draw with seed+1 and seed+2."""
 
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -134,6 +139,30 @@ class Splits:
             "root": self.root,
         }
 
+    def limited(
+        self,
+        seed: int,
+        *,
+        train: int | None = None,
+        val: int | None = None,
+        test: int | None = None,
+        training_seeds: bool = False,
+    ) -> Splits:
+        """A copy whose splits are seeded random subsets of at most ``train``/``val``/``test``.
+
+        Every split is cut with :func:`subset`. The analyses (SNP, order, studies) draw every
+        split with ``seed``; training and what re-evaluates a training run's samples (pruning)
+        pass ``training_seeds=True``: val and test then draw with ``seed + 1`` and ``seed + 2``
+        (:data:`TRAINING_SEED_OFFSETS`), so they are not the same positions as the train subset.
+        """
+        limits = {"train": train, "val": val, "test": test}
+        offsets = TRAINING_SEED_OFFSETS if training_seeds else dict.fromkeys(SPLIT_NAMES, 0)
+        cut = {
+            name: subset(getattr(self, name), limit, seed + offsets[name])
+            for name, limit in limits.items()
+        }
+        return dataclasses.replace(self, **cut)
+
 
 def subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     """A seeded random subset of ``limit`` samples in index order (all of them when None or more).
@@ -144,9 +173,9 @@ def subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     if limit is None or limit >= len(dataset):  # type: ignore[arg-type]
         return dataset
     if limit < 1:
-        from statmech_nn.errors import StatmechError
+        from statmech_nn.errors import ConfigError
 
-        raise StatmechError(f"sample limits must be >= 1, got {limit}")
+        raise ConfigError(f"sample limits must be >= 1, got {limit}")
     g = torch.Generator().manual_seed(seed)
     keep = torch.randperm(len(dataset), generator=g)[:limit].sort().values.tolist()  # type: ignore[arg-type]
     return torch.utils.data.Subset(dataset, keep)

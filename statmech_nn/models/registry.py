@@ -16,12 +16,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from statmech_nn.errors import CheckpointError, UnknownNameError
+from statmech_nn.errors import CheckpointError, ConfigError, UnknownNameError
 
 Builder = Callable[..., nn.Module]
 
 _BUILDERS: dict[str, Builder] = {}
 _ACCEPTS: dict[str, tuple[str, ...]] = {}
+_DEFAULTS: dict[str, dict[str, Any]] = {}
+# What a constructor raises for arguments that cannot make a model (a negative width, a head
+# count that does not divide the embedding): reported as ConfigError naming the arguments.
+_BUILD_ERRORS = (ValueError, TypeError, RuntimeError, ArithmeticError, AssertionError)
 _POSITIONAL_EMBEDDINGS = ("learnable", "sine", "none")
 _SHOWN = 5
 
@@ -39,6 +43,9 @@ def register(
         params = inspect.signature(target).parameters
         _BUILDERS[key] = builder
         _ACCEPTS[key] = tuple(p for p in params if p != "name")
+        _DEFAULTS[key] = {
+            p: v.default for p, v in params.items() if v.default is not inspect.Parameter.empty
+        }
         return builder
 
     return wrap(fn) if fn is not None else wrap
@@ -83,7 +90,26 @@ def create(
         raise UnknownNameError(
             f"model {name!r} has no positional embedding; do not pass positional_embedding"
         )
-    return _BUILDERS[name](**kwargs)
+    _check_counts(name, overrides)
+    try:
+        return _BUILDERS[name](**kwargs)
+    except _BUILD_ERRORS as exc:
+        given = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "its defaults"
+        raise ConfigError(f"model {name!r} cannot be built with {given}: {exc}") from exc
+
+
+def _check_counts(name: str, overrides: Mapping[str, Any]) -> None:
+    """Overrides of integer arguments with a positive default (widths, depths, head counts)
+    must be integers >= 1 (paddings >= 0)."""
+    defaults = _DEFAULTS.get(name, {})
+    for key, value in overrides.items():
+        default = defaults.get(key)
+        if not (isinstance(default, int) and not isinstance(default, bool) and default > 0):
+            continue
+        least = 0 if key.endswith("padding") else 1
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+            kind = "a non-negative" if least == 0 else "a positive"
+            raise ConfigError(f"model {name!r}: {key} must be {kind} integer, got {value!r}")
 
 
 def from_config(config: Mapping[str, Any]) -> nn.Module:

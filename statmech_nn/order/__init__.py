@@ -1,7 +1,8 @@
 """Order parameters of SNP matrices: clusters, noise, signal, SNR, head symmetry breaking.
 
 METHODS.md sections 5 and 6. ``clusters`` works on raw boolean arrays, ``stats`` and
-``symmetry`` on the SNP ``xarray.Dataset`` (see docs/architecture.md), ``schema`` reads it.
+``symmetry`` on the SNP ``xarray.Dataset`` (see docs/architecture.md), ``schema`` reads it;
+``pipeline.for_run`` is the analysis of an MLflow SNP run that ``statmech-nn order`` runs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from statmech_nn.errors import ThresholdError
 from statmech_nn.naming import check_theta
 from statmech_nn.order.clusters import NodeClusters, greedy_clusters, node_clusters
 from statmech_nn.order.metrics import layer_labels, site_metrics, symmetry_metrics
+from statmech_nn.order.pipeline import OrderOptions, OrderResult, for_run
 from statmech_nn.order.schema import head_kinds, kinds, node_matrices, valid_nodes
 from statmech_nn.order.stats import SNR_VARIANTS, site_statistics, snr, statistics
 from statmech_nn.order.symmetry import (
@@ -24,10 +26,13 @@ from statmech_nn.snp.dataset import binarize
 __all__ = [
     "SNR_VARIANTS",
     "NodeClusters",
+    "OrderOptions",
+    "OrderResult",
     "ThresholdError",
     "binarize",
     "check_theta",
     "expertise",
+    "for_run",
     "greedy_clusters",
     "head_kinds",
     "head_symmetry",

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import xarray as xr
 
-from statmech_nn.data.splits import subset
 from statmech_nn.errors import CheckpointError
 
 _READOUT_FIELDS = ("lr", "momentum", "nesterov", "weight_decay", "schedule")
@@ -46,16 +44,9 @@ def snp_settings(ds: xr.Dataset, params: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def snp_over_checkpoints(
-    training_run_id: str,
-    settings: dict[str, Any],
-    epochs: list[int] | None = None,
-    device: str | None = None,
-    progress: bool = False,
-) -> Iterator[tuple[int, xr.Dataset]]:
-    """Yield ``(epoch, SNP dataset)`` for each checkpoint of ``training_run_id`` (ascending)."""
-    from statmech_nn import snp, tracking
-    from statmech_nn.data import data_for_config
+def checkpoint_epochs(training_run_id: str) -> list[int]:
+    """The checkpoint epochs of ``training_run_id``; :class:`CheckpointError` when it has none."""
+    from statmech_nn import tracking
 
     available = tracking.list_checkpoints(training_run_id)
     if not available:
@@ -63,24 +54,47 @@ def snp_over_checkpoints(
             f"training run {training_run_id} has no checkpoints; --over-checkpoints needs the "
             "checkpoints saved by `statmech-nn train`"
         )
+    return available
+
+
+def checkpoint_data(training_run_id: str, settings: dict[str, Any], epochs: list[int]) -> Any:
+    """The run's data as the SNP run saw it, after loading every checkpoint in ``epochs`` once.
+
+    Loading them all first refuses a corrupt or foreign checkpoint (:class:`CheckpointError`)
+    before anything is logged.
+    """
+    from statmech_nn import tracking
+    from statmech_nn.data import data_for_config
+
+    configs = [tracking.load_checkpoint(training_run_id, epoch).config for epoch in epochs]
+    config = configs[0] if configs else tracking.load_checkpoint(training_run_id).config
+    full = data_for_config(config, augment="none")
+    limits = {"train": settings.get("limit_train")}
+    limits[settings["split"]] = settings.get("limit_eval")
+    return full.limited(settings["seed"], **limits)
+
+
+def snp_over_checkpoints(
+    training_run_id: str,
+    settings: dict[str, Any],
+    epochs: list[int] | None = None,
+    device: str | None = None,
+    progress: bool = False,
+    splits: Any = None,
+) -> Iterator[tuple[int, xr.Dataset]]:
+    """Yield ``(epoch, SNP dataset)`` for each checkpoint of ``training_run_id`` (ascending).
+
+    ``splits`` is :func:`checkpoint_data`'s result (built here when not given).
+    """
+    from statmech_nn import snp, tracking
+
+    available = checkpoint_epochs(training_run_id)
     wanted = available if epochs is None else [e for e in available if e in set(epochs)]
-    settings = dict(settings)
-    limit_train = settings.pop("limit_train", None)
-    limit_eval = settings.pop("limit_eval", None)
-    splits = None
+    if splits is None:
+        splits = checkpoint_data(training_run_id, settings, wanted[:1])
+    settings = {k: v for k, v in settings.items() if k not in ("limit_train", "limit_eval")}
     for epoch in wanted:
         ckpt = tracking.load_checkpoint(training_run_id, epoch)
-        if splits is None:
-            full = data_for_config(ckpt.config, augment="none")
-            split = settings["split"]
-            splits = SimpleNamespace(
-                train=subset(full.train, limit_train, settings["seed"]),
-                val=full.val,
-                test=full.test,
-                classes=list(full.classes),
-                num_classes=full.num_classes,
-            )
-            setattr(splits, split, subset(getattr(full, split), limit_eval, settings["seed"]))
         attrs = {
             "checkpoint": ckpt.path,
             "checkpoint_epoch": int(ckpt.epoch),

@@ -50,7 +50,7 @@ from statmech_nn.studies.recovery import (
     retry_trial,
     worker_tag,
 )
-from statmech_nn.studies.runner import default_study_name, run_andc_study
+from statmech_nn.studies.runner import StudyOptions, default_study_name, for_run, run_andc_study
 from statmech_nn.studies.script import script_main
 from statmech_nn.studies.storage import (
     DEFAULT_JOURNAL,
@@ -60,6 +60,7 @@ from statmech_nn.studies.storage import (
     StudyMismatchError,
     StudySpec,
     check_study,
+    check_study_name,
     ensure_study,
     normalize_storage,
     open_storage,
@@ -96,16 +97,19 @@ __all__ = [
     "ProblemObjective",
     "StorageError",
     "StudyMismatchError",
+    "StudyOptions",
     "StudySpec",
     "WorkerError",
     "WorkerJob",
     "best_trials",
     "build_problem",
     "check_study",
+    "check_study_name",
     "choose_best",
     "constrained_objective",
     "default_study_name",
     "ensure_study",
+    "for_run",
     "load_problem",
     "log_summary",
     "make_sampler",

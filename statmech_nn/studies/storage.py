@@ -22,13 +22,13 @@ from urllib.parse import urlparse
 
 import optuna
 
-from statmech_nn.errors import StatmechError
+from statmech_nn.errors import ConfigError, StatmechError
 
 DEFAULT_JOURNAL = Path("mlruns") / "optuna.journal"
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 
 
-class StorageError(StatmechError, ValueError):
+class StorageError(ConfigError):
     """An Optuna storage URL that is not supported or cannot be opened."""
 
 
@@ -70,9 +70,24 @@ def normalize_storage(url: str | os.PathLike | None) -> str:
         )
     if base == "sqlite":
         rest = text.split(":///", 1)[1] if ":///" in text else ""
-        if rest and rest != ":memory:" and not rest.startswith("/"):
+        if not rest or rest == ":memory:":
+            raise StorageError(
+                f"Optuna storage {text!r} names no database file (an in-memory SQLite database "
+                "is lost when the command ends and not shared by workers); use e.g. "
+                "sqlite:///optuna.db"
+            )
+        if not rest.startswith("/"):
             return f"{text.split(':///', 1)[0]}:///{(Path.cwd() / rest).resolve()}"
     return text
+
+
+def storage_file(url: str) -> Path | None:
+    """The local file a normalised journal or SQLite storage URL keeps its studies in, else None."""
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:"))
+    if urlparse(url).scheme.split("+", 1)[0] == "sqlite" and ":///" in url:
+        return Path(url.split(":///", 1)[1])
+    return None
 
 
 def _redact(url: str) -> str:
@@ -161,6 +176,23 @@ def open_storage(
         raise StorageError(
             f"cannot open Optuna storage {_redact(url)}: {str(exc).strip().splitlines()[0][:300]}"
         ) from exc
+
+
+_NAME_REFUSED = set("'\"`\\")
+
+
+def check_study_name(name: str) -> str:
+    """``name`` if it can name a study and its MLflow run; :class:`StorageError` otherwise.
+
+    Quotes, backquotes, backslashes and control characters are refused: the name is matched in
+    MLflow search filters. Names never become paths, so ``/`` and ``..`` are harmless.
+    """
+    text = str(name)
+    bad = sorted({c for c in text if c in _NAME_REFUSED or not c.isprintable()})
+    if not text.strip() or bad or len(text) > 250:
+        shown = ", ".join(repr(c) for c in bad) or "empty or longer than 250 characters"
+        raise StorageError(f"study name {text!r} cannot be used ({shown}); use letters, digits, -_")
+    return text
 
 
 @dataclass(frozen=True)
