@@ -8,6 +8,7 @@ import torch
 import xarray as xr
 
 from statmech_nn import pruning
+from statmech_nn.errors import SchemaError
 from statmech_nn.pruning import (
     FeatureCache,
     ThresholdError,
@@ -84,7 +85,7 @@ def test_per_layer_thresholds_and_strictness():
 
 @pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, 1.5, float("nan"), "x"])
 def test_theta_outside_unit_interval_is_a_clear_error(bad):
-    with pytest.raises(ThresholdError, match="theta"):
+    with pytest.raises(ThresholdError, match="threshold"):
         andc_mask(make_snp(), bad)
 
 
@@ -220,9 +221,9 @@ def test_masked_flatten_equals_naive_readout(layout):
 
 
 def test_expand_mask_rejects_mismatched_shapes():
-    with pytest.raises(pruning.SchemaError):
+    with pytest.raises(SchemaError):
         expand_mask(np.ones((4, 3), bool), (5, 4))
-    with pytest.raises(pruning.SchemaError):
+    with pytest.raises(SchemaError):
         expand_mask(np.ones((4, 3), bool), (3, 7))
 
 
@@ -246,7 +247,7 @@ def test_feature_cache_roundtrip(tmp_path):
     for layer in (0, 2):
         assert loaded.accuracy(layer, mask) == cache.accuracy(layer, mask)
     assert loaded.base_accuracy() == cache.base_accuracy()
-    with pytest.raises(pruning.SchemaError):
+    with pytest.raises(SchemaError):
         FeatureCache.load(tmp_path)
 
 
@@ -353,7 +354,7 @@ def test_cct_network_masks_follow_shared_diagonal_labels():
     lin2 = masks["classifier.blocks.0.linear2"].numpy()
     assert lin2.shape == (d, h)
     assert lin2[3, 4] == bool((ff_d[0, 3] & hid_d[0, 4]).any())
-    with pytest.raises(pruning.SchemaError, match="ff_hidden"):
+    with pytest.raises(SchemaError, match="ff_hidden"):
         pruning.network_masks(ds.drop_vars("snp_ff_hidden"), model)
 
 

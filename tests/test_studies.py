@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from statmech_nn import studies
-from statmech_nn.order.schema import ThresholdError
+from statmech_nn.errors import ThresholdError
 from statmech_nn.studies import (
     OBJECTIVES,
     Heartbeat,

@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from statmech_nn.network_pruning import prune_network, summary_lines
+    from statmech_nn.pruning import prune_network, summary_lines
 
     child_id, result = prune_network(
         args.run_id,
