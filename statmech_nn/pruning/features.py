@@ -39,13 +39,21 @@ class SiteFeatures:
     inputs: np.ndarray
     weight: np.ndarray | None = None
 
+    def __post_init__(self) -> None:
+        if self.form == "pooled" and self.weight is None:
+            raise SchemaError("pooled site features need the readout weight [labels, nodes]")
+
     @property
     def n_nodes(self) -> int:
+        """Nodes of the site (the readout's inputs)."""
         return int(self.inputs.shape[-1])
 
     @property
     def n_labels(self) -> int:
-        return int(self.weight.shape[0] if self.form == "pooled" else self.inputs.shape[0])
+        """Output labels of the readout."""
+        if self.form == "pooled" and self.weight is not None:
+            return int(self.weight.shape[0])
+        return int(self.inputs.shape[0])
 
     def logits(self, masks: np.ndarray) -> np.ndarray:
         """Logits ``[k, b, j]`` for masks ``[k, n, j]`` (or ``[b, j]`` for one mask ``[n, j]``)."""
@@ -125,7 +133,7 @@ class FeatureCache:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("schema") != CACHE_SCHEMA:
             raise SchemaError(f"{meta_path}: schema {meta.get('schema')!r}, not {CACHE_SCHEMA}")
-        mode = "r" if mmap else None
+        mode: Literal["r"] | None = "r" if mmap else None
         labels = np.load(folder / "labels.npy", allow_pickle=False)
         sites = {}
         for layer_s, form in meta.pop("forms").items():

@@ -17,8 +17,8 @@ nodes (VGG layers narrower than the widest are NaN-padded in the SNP dataset).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
@@ -30,7 +30,7 @@ from statmech_nn.order.schema import node_matrices, valid_nodes
 
 VARIANTS = ("diagonal", "cluster")
 
-Thetas = float | Sequence[float] | Mapping[int, float]
+Thetas = float | Sequence[float] | Mapping[int, float] | np.ndarray
 
 # -- the numpy core ------------------------------------------------------------------------------
 
@@ -42,6 +42,7 @@ def theta_per_layer(theta: Thetas | xr.DataArray, layers: Sequence[int]) -> np.n
     a mapping ``{layer: theta}`` covering every layer. Each must lie in (0, 1).
     """
     layers = [int(v) for v in layers]
+    values: list[Any]
     if isinstance(theta, xr.DataArray):
         theta = {int(k): float(v) for k, v in zip(theta["layer"].values, theta.values, strict=True)}
     if isinstance(theta, Mapping):
@@ -157,7 +158,8 @@ def pruned_fraction_of(
 # -- thin xarray wrappers ------------------------------------------------------------------------
 
 
-def _node_coords(matrices: xr.DataArray) -> dict[str, xr.DataArray]:
+def _node_coords(matrices: xr.DataArray) -> dict[Hashable, Any]:
+    """The layer/node coordinates of node matrices, plus ``label_out``."""
     coords = {k: v for k, v in matrices.coords.items() if set(v.dims) <= {"layer", "node"}}
     coords["label_out"] = matrices["label_out"]
     return coords

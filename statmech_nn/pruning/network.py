@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import xarray as xr
@@ -93,6 +93,8 @@ def _weight_mask_class() -> type:
     class WeightMask(torch.nn.Module):
         """Parametrization ``W -> W * mask`` with ``mask[out, in]`` broadcast over kernel dims."""
 
+        mask: torch.Tensor
+
         def __init__(self, mask: torch.Tensor) -> None:
             super().__init__()
             self.register_buffer("mask", mask.to(torch.bool))
@@ -130,7 +132,7 @@ def network_masks(
                         f"(for {conn.module}); recompute SNP including that kind"
                     )
                 labels[kind] = exceeds(diagonals(snp, kind), theta)
-        weight = model.get_submodule(conn.module).weight
+        weight = _weight_of(model, conn.module)
         n_out, n_in = weight.shape[:2]
         src = labels[conn.src_kind].sel(layer=conn.src_layer).values[:n_in]
         dst = labels[conn.dst_kind].sel(layer=conn.dst_layer).values[:n_out]
@@ -143,6 +145,11 @@ def network_masks(
     return out
 
 
+def _weight_of(model: torch.nn.Module, path: str) -> torch.Tensor:
+    """The ``weight`` tensor of the module at ``path``."""
+    return cast("torch.Tensor", model.get_submodule(path).weight)
+
+
 def apply_network_masks(model: torch.nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     """Register :func:`weight_mask` parametrizations (undo with :func:`remove_network_masks`)."""
     from torch.nn.utils import parametrize
@@ -150,7 +157,7 @@ def apply_network_masks(model: torch.nn.Module, masks: Mapping[str, torch.Tensor
     for path, mask in masks.items():
         module = model.get_submodule(path)
         parametrize.register_parametrization(
-            module, "weight", weight_mask(mask.to(module.weight.device))
+            module, "weight", weight_mask(mask.to(_weight_of(model, path).device))
         )
 
 
@@ -160,14 +167,15 @@ def remove_network_masks(model: torch.nn.Module, permanent: bool = True) -> None
 
     for module in model.modules():
         if parametrize.is_parametrized(module, "weight") and any(
-            isinstance(p, _weight_mask_class()) for p in module.parametrizations["weight"]
+            isinstance(p, _weight_mask_class())
+            for p in cast("Any", module.parametrizations)["weight"]
         ):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=permanent)
 
 
 def _pair_size(model: torch.nn.Module, path: str) -> int:
     """Weight elements per ``(v, u)`` pair of ``path``'s weight: the kernel size (1 for linear)."""
-    weight = model.get_submodule(path).weight
+    weight = _weight_of(model, path)
     return int(np.prod(weight.shape[2:])) if weight.ndim > 2 else 1
 
 

@@ -41,7 +41,8 @@ class RetrainSettings:
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """As in training: no weight decay on biases, norms (1-D) and the positional embedding."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 or "positional" in name else decay).append(p)

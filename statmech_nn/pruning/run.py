@@ -176,7 +176,7 @@ def run_params(
 
 
 def random_controls(
-    pristine: nn.Module | None,
+    pristine: nn.Module,
     masks: Mapping[str, torch.Tensor],
     draws: int,
     seed: int,
@@ -204,6 +204,30 @@ def control_summary(controls: Sequence[Mapping[str, float]]) -> dict[str, float]
             out[f"random_{key}"] = float(values.mean())
             out[f"random_{key}_std"] = float(values.std())
     return out
+
+
+def run_result(
+    run_id: str,
+    inputs: PruneInputs,
+    theta: float,
+    model: nn.Module,
+    acc_before: float,
+    andc: Mapping[str, float],
+    controls: Sequence[Mapping[str, float]],
+) -> dict[str, Any]:
+    """What :func:`for_run` returns (less the child run id): fraction, removals, accuracies."""
+    return {
+        "run_id": run_id,
+        "snp_run_id": inputs.snp_run_id,
+        "checkpoint_epoch": inputs.checkpoint.epoch,
+        "theta": theta,
+        "removed_fraction": andc["removed_fraction"],
+        "removed_weights": removed_weights(model, inputs.masks),
+        "acc_before": acc_before,
+        "acc_pruned": andc["acc_pruned"],
+        "acc_retrained": andc["acc_retrained"],
+        **control_summary(controls),
+    }
 
 
 def run_metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -293,19 +317,14 @@ def for_run(
         andc = prune_model(
             model, inputs.masks, data.train, data.test, settings, dev, data.transform, progress
         )
-        controls = random_controls(pristine, inputs.masks, random_draws, seed, data, settings, dev)
-        result: dict[str, Any] = {
+        controls = (
+            random_controls(pristine, inputs.masks, random_draws, seed, data, settings, dev)
+            if pristine is not None
+            else []
+        )
+        result = {
             "child_run_id": child_id,
-            "run_id": run_id,
-            "snp_run_id": inputs.snp_run_id,
-            "checkpoint_epoch": inputs.checkpoint.epoch,
-            "theta": theta,
-            "removed_fraction": andc["removed_fraction"],
-            "removed_weights": removed_weights(model, inputs.masks),
-            "acc_before": acc_before,
-            "acc_pruned": andc["acc_pruned"],
-            "acc_retrained": andc["acc_retrained"],
-            **control_summary(controls),
+            **run_result(run_id, inputs, theta, model, acc_before, andc, controls),
         }
         metrics = run_metrics(result)
         mlflow.log_metrics(metrics)

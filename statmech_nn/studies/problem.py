@@ -63,11 +63,11 @@ class AndcProblem:
             self.valid,
         )
 
-    def evaluate(self, theta: float | Sequence[float]) -> dict[str, float]:
+    def evaluate(self, theta: float | Sequence[float] | np.ndarray) -> dict[str, float]:
         """Masked readout accuracy (mean over sites), its drop, and the pruned fraction."""
         keep = self.keep(theta_per_layer(theta, self.layers))
         real = self.valid[..., None]
-        per_layer = pruned_fraction_of(keep, real, axis=(1, 2))
+        per_layer = np.asarray(pruned_fraction_of(keep, real, axis=(1, 2)))
         out: dict[str, float] = {}
         accs = []
         for i, layer in enumerate(self.layers):
