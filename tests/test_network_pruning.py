@@ -13,7 +13,7 @@ import torch
 import xarray as xr
 from torch.utils.data import TensorDataset
 
-from statmech_nn import network_pruning as npr
+from statmech_nn import pruning as npr
 from statmech_nn import snp, tracking
 from statmech_nn.data import subset
 from statmech_nn.pruning import network_masks

@@ -8,6 +8,7 @@ import torch
 import xarray as xr
 
 from statmech_nn import pruning
+from statmech_nn.errors import SchemaError
 from statmech_nn.pruning import (
     FeatureCache,
     ThresholdError,
@@ -84,7 +85,7 @@ def test_per_layer_thresholds_and_strictness():
 
 @pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, 1.5, float("nan"), "x"])
 def test_theta_outside_unit_interval_is_a_clear_error(bad):
-    with pytest.raises(ThresholdError, match="theta"):
+    with pytest.raises(ThresholdError, match="threshold"):
         andc_mask(make_snp(), bad)
 
 
@@ -220,9 +221,9 @@ def test_masked_flatten_equals_naive_readout(layout):
 
 
 def test_expand_mask_rejects_mismatched_shapes():
-    with pytest.raises(pruning.SchemaError):
+    with pytest.raises(SchemaError):
         expand_mask(np.ones((4, 3), bool), (5, 4))
-    with pytest.raises(pruning.SchemaError):
+    with pytest.raises(SchemaError):
         expand_mask(np.ones((4, 3), bool), (3, 7))
 
 
@@ -246,7 +247,7 @@ def test_feature_cache_roundtrip(tmp_path):
     for layer in (0, 2):
         assert loaded.accuracy(layer, mask) == cache.accuracy(layer, mask)
     assert loaded.base_accuracy() == cache.base_accuracy()
-    with pytest.raises(pruning.SchemaError):
+    with pytest.raises(SchemaError):
         FeatureCache.load(tmp_path)
 
 
@@ -353,7 +354,7 @@ def test_cct_network_masks_follow_shared_diagonal_labels():
     lin2 = masks["classifier.blocks.0.linear2"].numpy()
     assert lin2.shape == (d, h)
     assert lin2[3, 4] == bool((ff_d[0, 3] & hid_d[0, 4]).any())
-    with pytest.raises(pruning.SchemaError, match="ff_hidden"):
+    with pytest.raises(SchemaError, match="ff_hidden"):
         pruning.network_masks(ds.drop_vars("snp_ff_hidden"), model)
 
 
@@ -367,3 +368,126 @@ def test_random_control_curve_fraction_grows_with_theta():
     assert curve["fraction"][1] == pytest.approx(1 - keep.sum() / keep.size)
     assert curve["andc_accuracy"][1] == pytest.approx(problem.evaluate(0.5)["andc.accuracy"])
     assert ((curve["random_mean"] >= 0) & (curve["random_mean"] <= 1)).all()
+
+
+# -- one strict threshold rule ---------------------------------------------------------------------
+
+
+THETA = 0.3
+
+
+def tied_matrices(layers=2, nodes=8, labels=5, seed=11) -> np.ndarray:
+    """float32 matrices with many elements (diagonal and off-diagonal) exactly float32(THETA)."""
+    rng = np.random.default_rng(seed)
+    m = rng.uniform(-0.2, 1.0, (layers, nodes, labels, labels)).astype(np.float32)
+    ties = rng.random(m.shape) < 0.3
+    m[ties] = np.float32(THETA)
+    return m
+
+
+def test_values_exactly_theta_are_never_kept_by_any_mask_path():
+    from statmech_nn import snp
+    from statmech_nn.models.vgg import VGG
+    from statmech_nn.naming import exceeds
+    from statmech_nn.studies import AndcProblem, synthetic_problem
+
+    # in float64 the stored float32(0.3) is above 0.3: a float64 comparison would keep it
+    assert float(np.float32(THETA)) > THETA
+    m = tied_matrices()
+    layers, nodes, labels = m.shape[:3]
+    ds = make_snp(layers=layers, nodes=nodes, labels=labels).drop_vars(
+        ["snp_ff_hidden", "node_ff_hidden"]
+    )
+    ds["snp_ff"].values[:] = m
+    binary = snp.binarize(ds["snp_ff"], THETA).values
+    assert (binary == exceeds(m, THETA)).all()
+    diag = np.diagonal(m, axis1=2, axis2=3)
+    ties = diag == np.float32(THETA)
+    assert ties.sum() > 5
+    expected = np.diagonal(binary, axis1=2, axis2=3)
+    assert not expected[ties].any()
+    thetas = np.full(layers, THETA)
+
+    # literal cluster rule on binarize's matrices, for min_cluster_size=2
+    expected2 = np.zeros_like(expected)
+    for layer in range(layers):
+        for n in range(nodes):
+            for cluster in literal_clusters(binary[layer, n]):
+                if len(cluster) >= 2:
+                    expected2[layer, n, cluster] = True
+    assert expected2.any() and (expected2 != expected).any()
+
+    paths = {
+        "keep_from_diagonals": pruning.keep_from_diagonals(diag, thetas),
+        "keep_from_clusters": pruning.keep_from_clusters(m, thetas),
+        "andc_keep": pruning.andc_keep(thetas, diag),
+        "andc_keep cluster": pruning.andc_keep(thetas, diag, m, "cluster"),
+        "andc_mask": andc_mask(ds, THETA).values,
+        "andc_mask cluster": andc_mask(ds, THETA, variant="cluster").values,
+    }
+    base = synthetic_problem(layers=layers, nodes=nodes, labels=labels, samples=60)
+    for variant in ("diagonal", "cluster"):
+        problem = AndcProblem(
+            cache=base.cache,
+            diag=diag,
+            site_names=base.site_names,
+            variant=variant,
+            matrices=m,
+        )
+        paths[f"AndcProblem.keep {variant}"] = problem.keep(thetas)
+        fraction = problem.evaluate(THETA)["andc.pruned_fraction"]
+        assert fraction == pytest.approx(1 - expected.sum() / expected.size), variant
+    for name, keep in paths.items():
+        assert (keep == expected).all(), name
+    assert (pruning.keep_from_clusters(m, thetas, 2) == expected2).all()
+    assert (andc_mask(ds, THETA, variant="cluster", min_cluster_size=2).values == expected2).all()
+    problem2 = AndcProblem(
+        cache=base.cache,
+        diag=diag,
+        site_names=base.site_names,
+        variant="cluster",
+        min_cluster_size=2,
+        matrices=m,
+    )
+    assert (problem2.keep(thetas) == expected2).all()
+    curve = pruning.random_control_curve(base.cache, diag, [THETA], draws=1)
+    assert curve["fraction"][0] == pytest.approx(1 - expected.sum() / expected.size)
+
+    # network-level masks: D_n = labels whose diagonal exceeds theta by the same rule
+    model = VGG(num_classes=labels, img_size=8, widths=[4, "M", 6, 5]).eval()
+    conv = tied_matrices(layers=3, nodes=6, labels=labels, seed=12)
+    conv[0, 4:] = np.nan
+    conv[2, 5:] = np.nan
+    cds = xr.Dataset(
+        {"snp_conv": (("layer", "node", "label_true", "label_out"), conv)},
+        coords={"layer": np.arange(3), "node": np.arange(6)},
+    )
+    sets = np.diagonal(snp.binarize(cds["snp_conv"], THETA).values, axis1=2, axis2=3)
+    assert (np.diagonal(conv, axis1=2, axis2=3) == np.float32(THETA)).sum() > 3
+    masks = pruning.network_masks(cds, model, THETA)
+    for conn in pruning.connections(model):
+        keep = masks[conn.module].numpy()
+        n_out, n_in = keep.shape
+        src, dst = sets[conn.src_layer, :n_in], sets[conn.dst_layer, :n_out]
+        assert (keep == ((dst[:, None, :] & src[None, :, :]).any(-1))).all(), conn.module
+
+
+def test_xarray_wrappers_agree_with_the_numpy_core():
+    ds = make_snp(layers=3, nodes=9, labels=6, seed=5, pad_last=2)
+    thetas = [0.2, 0.5, 0.35]
+    m = ds["snp_ff"].values
+    diag = np.diagonal(m, axis1=2, axis2=3)
+    for variant, size in (("diagonal", 1), ("cluster", 1), ("cluster", 2)):
+        mask = andc_mask(ds, thetas, variant=variant, min_cluster_size=size)
+        core = pruning.andc_keep(np.array(thetas), diag, m, variant, size)
+        assert (mask.values == core).all(), (variant, size)
+        assert not core[2, 7:].any()
+        real = ~np.isnan(diag).all(-1)
+        # an independent count: kept over real connections, per layer and in all
+        per_layer = [1 - core[i].sum() / (real[i].sum() * 6) for i in range(3)]
+        assert pruned_fraction(mask) == pytest.approx(1 - core.sum() / (real.sum() * 6))
+        np.testing.assert_allclose(
+            pruned_fraction(mask, keep_dims=("layer",)).values, per_layer, rtol=1e-12
+        )
+    with pytest.raises(pruning.ThresholdError, match="layers"):
+        andc_mask(ds, [0.3, 0.3])

@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from statmech_nn.network_pruning import prune_network, summary_lines
+    from statmech_nn.pruning import prune_network, summary_lines
 
     options.at_least("--epochs", args.epochs, 0)
     options.at_least("--random-draws", args.random_draws, 0)

@@ -11,8 +11,15 @@ from typing import Any
 import numpy as np
 
 from statmech_nn.errors import SchemaError
-from statmech_nn.naming import check_theta
-from statmech_nn.pruning import FeatureCache, SiteFeatures, keep_from_diagonals
+from statmech_nn.fileio import atomic_write_text
+from statmech_nn.pruning.features import FeatureCache, SiteFeatures
+from statmech_nn.pruning.masks import (
+    andc_keep,
+    check_variant,
+    pruned_fraction_of,
+    theta_per_layer,
+    valid_from_diagonals,
+)
 
 PROBLEM_SCHEMA = "statmech-nn.andc-problem/1"
 
@@ -36,51 +43,46 @@ class AndcProblem:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.valid = ~np.isnan(self.diag).all(-1)
+        check_variant(self.variant)
+        self.valid = valid_from_diagonals(self.diag)
         self.base = self.cache.base_accuracy()
         self.base_accuracy = float(np.mean([self.base[layer] for layer in self.cache.layers]))
-        self.total = int(self.valid.sum()) * self.diag.shape[-1]
 
     @property
     def layers(self) -> list[int]:
         return self.cache.layers
 
     def keep(self, thetas: np.ndarray) -> np.ndarray:
-        """ANDC masks ``[layer, node, label]`` for one threshold per layer."""
-        thetas = np.asarray(thetas, dtype=np.float64)
-        if self.variant == "cluster":
-            from statmech_nn.order.clusters import greedy_clusters
-            from statmech_nn.pruning import _cluster_sizes
+        """ANDC masks ``[layer, node, label]`` for one threshold per layer (the pruning core)."""
+        return andc_keep(
+            np.asarray(thetas, dtype=np.float64),
+            self.diag,
+            self.matrices,
+            self.variant,
+            self.min_cluster_size,
+            self.valid,
+        )
 
-            binary = self.matrices > thetas[:, None, None, None]
-            cluster = greedy_clusters(binary)
-            keep = (cluster >= 0) & (_cluster_sizes(cluster) >= self.min_cluster_size)
-        else:
-            keep = keep_from_diagonals(self.diag, thetas)
-        return keep & self.valid[..., None]
-
-    def evaluate(self, theta: float | Sequence[float]) -> dict[str, float]:
+    def evaluate(self, theta: float | Sequence[float] | np.ndarray) -> dict[str, float]:
         """Masked readout accuracy (mean over sites), its drop, and the pruned fraction."""
-        thetas = np.broadcast_to(np.asarray(theta, dtype=np.float64), (len(self.layers),))
-        for value in thetas:
-            check_theta(float(value))
-        keep = self.keep(thetas)
+        keep = self.keep(theta_per_layer(theta, self.layers))
+        real = self.valid[..., None]
+        per_layer = np.asarray(pruned_fraction_of(keep, real, axis=(1, 2)))
         out: dict[str, float] = {}
         accs = []
         for i, layer in enumerate(self.layers):
             acc = float(self.cache.accuracy(layer, keep[i]))
             accs.append(acc)
-            kept = int(keep[i].sum())
-            n = int(self.valid[i].sum()) * keep.shape[-1]
             out[f"andc.accuracy.{self.site_names[i]}"] = acc
-            out[f"andc.pruned_fraction.{self.site_names[i]}"] = 1.0 - kept / n if n else 0.0
+            out[f"andc.pruned_fraction.{self.site_names[i]}"] = float(per_layer[i])
         out["andc.accuracy"] = float(np.mean(accs))
         out["andc.base_accuracy"] = self.base_accuracy
         out["andc.accuracy_drop"] = self.base_accuracy - out["andc.accuracy"]
-        out["andc.pruned_fraction"] = 1.0 - int(keep.sum()) / self.total if self.total else 0.0
+        out["andc.pruned_fraction"] = float(pruned_fraction_of(keep, real))
         return out
 
     def save(self, folder: str | Path) -> Path:
+        """Write the problem to ``folder`` (cache, diagonals, matrices, ``problem.json``)."""
         folder = Path(folder)
         self.cache.save(folder / "cache")
         np.save(folder / "diag.npy", self.diag.astype(np.float32))
@@ -94,11 +96,12 @@ class AndcProblem:
             "min_cluster_size": self.min_cluster_size,
             **self.meta,
         }
-        (folder / "problem.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        atomic_write_text(folder / "problem.json", json.dumps(meta, indent=2))
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> AndcProblem:
+        """Read a problem written by :meth:`save` (its cache memory-mapped)."""
         folder = Path(folder)
         path = folder / "problem.json"
         if not path.is_file():
