@@ -150,13 +150,18 @@ def settings_for(
 def data_for(config: Mapping[str, Any]) -> PruneData:
     """The training run's data: its augmentation, and its ``limit_train`` / ``limit_eval``."""
     from statmech_nn.data import data_for_config
-    from statmech_nn.data.splits import subset
 
     splits = data_for_config(config, augment=str(config.get("augment") or "none"))
     data_seed = int(config.get("seed", 0))
+    cut = splits.limited(
+        data_seed,
+        train=config.get("limit_train"),
+        test=config.get("limit_eval"),
+        training_seeds=True,
+    )
     return PruneData(
-        train=subset(splits.train, config.get("limit_train"), data_seed),
-        test=subset(splits.test, config.get("limit_eval"), data_seed + 2),
+        train=cut.train,
+        test=cut.test,
         transform=getattr(splits, "batch_transform", None),
     )
 

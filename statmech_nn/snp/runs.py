@@ -15,13 +15,12 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 import xarray as xr
 
-from statmech_nn.data.splits import subset
+from statmech_nn.data.splits import Splits
 from statmech_nn.errors import TrackingError, UnknownNameError
 from statmech_nn.naming import KIND_SNP, KIND_TAG
 from statmech_nn.readout import Readout, ReadoutConfig
@@ -163,20 +162,13 @@ def _limited_splits(
     limit_train: int | None,
     limit_eval: int | None,
     seed: int,
-) -> SimpleNamespace:
+) -> Splits:
     """Run ``run_id``'s ``splits`` with the train and the evaluated ``split`` cut to subsets."""
     evaluated = getattr(splits, split, None)
     if evaluated is None:
         raise UnknownNameError(f"the data of run {run_id} have no {split!r} split")
-    limited = SimpleNamespace(
-        train=subset(splits.train, limit_train, seed),
-        val=splits.val,
-        test=splits.test,
-        classes=list(splits.classes),
-        num_classes=splits.num_classes,
-    )
-    setattr(limited, split, subset(evaluated, limit_eval, seed))
-    return limited
+    limits = {"train": limit_train, split: limit_eval}
+    return splits.limited(seed, **limits)
 
 
 def _run_params(

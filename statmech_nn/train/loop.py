@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from statmech_nn import tracking
-from statmech_nn.data import data_for_config, subset
+from statmech_nn.data import data_for_config
 from statmech_nn.errors import ConfigError, StatmechError, TrainingDiverged
 from statmech_nn.tracking.uris import first_line
 from statmech_nn.train import records
@@ -205,18 +205,24 @@ def _prepare(config: TrainConfig, dist: Dist) -> TrainState:
     seed_everything(epoch_seed(config.seed, -1))
     splits = data_for_config(config.to_dict(), augment=config.augment)
     config = _filled_from_data(config, splits)
-    train_set = subset(splits.train, config.limit_train, config.seed)
+    cut = splits.limited(
+        config.seed,
+        train=config.limit_train,
+        val=config.limit_eval,
+        test=config.limit_eval,
+        training_seeds=True,
+    )
     model = _build_model(config, device)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
-    per_rank = math.ceil(len(train_set) / dist.world)  # type: ignore[arg-type]
+    per_rank = math.ceil(len(cut.train) / dist.world)  # type: ignore[arg-type]
     return TrainState(
         config=config,
         dist=dist,
         device=device,
         splits=splits,
-        train_set=train_set,
-        val_set=subset(splits.val, config.limit_eval, config.seed + 1),
-        test_set=subset(splits.test, config.limit_eval, config.seed + 2),
+        train_set=cut.train,
+        val_set=cut.val,
+        test_set=cut.test,
         model=model,
         optimizer=optimizer,
         schedule=Schedule(config, optimizer, math.ceil(per_rank / config.batch_size)),
