@@ -36,9 +36,7 @@ def test_four_processes_create_one_store_at_once(tmp_path):
     barrier = ctx.Barrier(WORKERS)
     results = ctx.Queue()
     procs = [
-        ctx.Process(
-            target=_first_use, args=(uri, str(tmp_path / f"cache{i}"), barrier, results)
-        )
+        ctx.Process(target=_first_use, args=(uri, str(tmp_path / f"cache{i}"), barrier, results))
         for i in range(WORKERS)
     ]
     for proc in procs:
