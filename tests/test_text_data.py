@@ -212,3 +212,102 @@ def test_the_datasets_listing_includes_the_text_sets(tmp_path):
     rows = {row["name"]: row for row in describe(tmp_path)}
     assert rows["textsynth"]["classes"] == 16 and rows["textsynth"]["present"]
     assert rows["agnews"]["present"] is False and rows["agnews"]["sizes"]["test"] == 7600
+
+
+# Masked pooling for the readouts (statmech_nn.text_masks).
+
+
+def _activations(seed=0, b=5, t=7, n=6):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(b, t, n, generator=gen, dtype=torch.float64)
+    lengths = torch.randint(1, t + 1, (b,), generator=gen)
+    lengths[0] = t
+    mask = torch.arange(t)[None, :] < lengths[:, None]
+    g = torch.randn(n, generator=gen, dtype=torch.float64)
+    return a, mask, g, 0.3
+
+
+def _pad(a, mask, extra, seed=1):
+    """Append ``extra`` padded positions holding garbage activations."""
+    gen = torch.Generator().manual_seed(seed)
+    garbage = 100 * torch.randn(a.shape[0], extra, a.shape[2], generator=gen, dtype=a.dtype)
+    return torch.cat([a, garbage], 1), torch.cat(
+        [mask, torch.zeros(a.shape[0], extra, dtype=bool)], 1
+    )
+
+
+def test_masked_pooling_equals_a_per_sequence_literal_reference():
+    from statmech_nn import text_masks as tm
+
+    a, mask, g, g0 = _activations()
+    heads = 2
+    for row in range(a.shape[0]):
+        real = a[row, mask[row]]  # [t_real, N]
+        torch.testing.assert_close(tm.masked_mean(a, mask)[row], real.mean(0))
+        w = torch.softmax(real @ g + g0, 0)
+        torch.testing.assert_close(tm.masked_seqpool(a, mask, g, g0)[row], w @ real)
+        for node in range(a.shape[2]):
+            wn = torch.softmax(real[:, node] * g[node] + g0, 0)
+            got = tm.masked_node_seqpool(a, mask, g, g0)[row, node]
+            torch.testing.assert_close(got, wn @ real[:, node])
+        size = a.shape[2] // heads
+        for h in range(heads):
+            cols = slice(h * size, (h + 1) * size)
+            wh = torch.softmax(real[:, cols] @ g[cols] + g0, 0)
+            got = tm.masked_head_seqpool(a, mask, g, g0, heads)[row, cols]
+            torch.testing.assert_close(got, wh @ real[:, cols])
+
+
+def test_appending_padding_changes_no_pooled_quantity():
+    from statmech_nn import text_masks as tm
+
+    a, mask, g, g0 = _activations(seed=3)
+    padded, padded_mask = _pad(a, mask, extra=4)
+    for fn in (
+        lambda x, m: tm.masked_mean(x, m),
+        lambda x, m: tm.masked_seqpool(x, m, g, g0),
+        lambda x, m: tm.masked_node_seqpool(x, m, g, g0),
+        lambda x, m: tm.masked_head_seqpool(x, m, g, g0, 3),
+    ):
+        torch.testing.assert_close(fn(padded, padded_mask), fn(a, mask))
+    flat = tm.zero_padding(padded, padded_mask)
+    assert (flat[:, a.shape[1] :] == 0).all() and (flat[~padded_mask] == 0).all()
+    torch.testing.assert_close(flat[:, : a.shape[1]], tm.zero_padding(a, mask))
+    weights = tm.masked_seqpool_weights(padded @ g + g0, padded_mask)
+    assert (weights[~padded_mask] == 0).all()
+    torch.testing.assert_close(weights.sum(1), torch.ones(a.shape[0], dtype=a.dtype))
+
+
+def test_without_a_mask_the_pooling_is_the_readouts_own():
+    from statmech_nn import snp
+    from statmech_nn import text_masks as tm
+    from statmech_nn.readout import make_readout
+
+    a, _, _, _ = _activations(seed=5)
+    a = a.float()
+    readout = make_readout("seqpool", a.shape[1], a.shape[2], 3, seed=0)
+    with torch.no_grad():
+        readout.pool.weight.normal_()
+        readout.pool.bias.fill_(0.2)
+        g, g0 = readout.pool.weight[0], readout.pool.bias[0]
+        torch.testing.assert_close(tm.masked_seqpool(a, None, g, g0), readout.pooled(a))
+        for silencing, fn in (
+            ("post_pool", tm.masked_seqpool),
+            ("pre_pool", tm.masked_node_seqpool),
+        ):
+            torch.testing.assert_close(fn(a, None, g, g0), snp.node_features(readout, a, silencing))
+        heads = snp.head_pooled_features(readout, a, 2)
+        torch.testing.assert_close(tm.masked_head_seqpool(a, None, g, g0, 2), heads)
+        mean = make_readout("mean", a.shape[1], a.shape[2], 3)
+        torch.testing.assert_close(tm.masked_mean(a, None), mean.pooled(a))
+
+
+def test_a_sequence_without_real_positions_is_refused():
+    from statmech_nn import text_masks as tm
+
+    a, mask, g, g0 = _activations()
+    mask[1] = False
+    with pytest.raises(ConfigError):
+        tm.masked_mean(a, mask)
+    with pytest.raises(ConfigError):
+        tm.masked_seqpool_weights(a @ g, mask)
