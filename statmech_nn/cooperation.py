@@ -119,12 +119,20 @@ def pooled(readout: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> to
     return text_masks.masked_mean(x, mask)
 
 
+def linear(readout: nn.Module) -> nn.Linear:
+    """The final ``Linear(nodes, labels)`` of a readout (a pooled-feature readout is one)."""
+    fc = getattr(readout, "fc", readout) if isinstance(readout, Readout) else readout
+    if not isinstance(fc, nn.Linear):
+        raise TypeError(f"no linear layer in {type(readout).__name__}")
+    return fc
+
+
 def logits(readout: nn.Module, features: SiteFeatures) -> torch.Tensor:
     """``[S, L]`` logits of ``readout`` on ``features``, padding masked."""
     z = pooled(readout, features.x, features.mask)
     if isinstance(readout, FlattenReadout):
         return readout(z)
-    return (readout.fc if isinstance(readout, Readout) else readout)(z)
+    return linear(readout)(z)
 
 
 def fit_readout(
@@ -170,7 +178,7 @@ def class_means(values: torch.Tensor, labels: torch.Tensor, num_labels: int) -> 
     """``[L, ...]``: the mean of ``values`` over the samples of each true label."""
     counts = torch.bincount(labels, minlength=num_labels)
     if bool((counts == 0).any()):
-        missing = torch.flatnonzero(counts == 0).tolist()
+        missing = torch.nonzero(counts == 0).flatten().tolist()
         raise ConfigError(f"labels {missing} have no test sample: their matrix rows are undefined")
     sums = torch.zeros((num_labels, *values.shape[1:]), dtype=values.dtype, device=values.device)
     sums.index_add_(0, labels, values)
@@ -196,7 +204,7 @@ def single_node_matrices(
         if isinstance(readout, FlattenReadout):
             w = readout.weight_jnt()  # [L, N, T]; z is [L_true, T, N]
             return torch.einsum("itn,jnt->nij", z, w)
-        w = (readout.fc if isinstance(readout, Readout) else readout).weight  # [L, N]
+        w = linear(readout).weight  # [L, N]
         return z.T[:, :, None] * w.T[:, None, :]
 
 

@@ -161,6 +161,11 @@ def test_the_subset_curve_rises_and_finds_no_cooperation_where_there_is_none():
     assert np.array_equal(again["accuracy"].values, ds["accuracy"].values)
 
 
+def test_labels_without_test_samples_are_refused():
+    with pytest.raises(ConfigError, match=r"labels \[2\]"):
+        coop.class_means(torch.ones(3, 2), torch.tensor([0, 1, 3]), 4)
+
+
 def test_subsets_within_one_head():
     heads = np.repeat(np.arange(4), 2)
     subsets = coop.draw_subsets(NODES, 2, 20, seed=1, heads=heads)

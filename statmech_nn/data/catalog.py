@@ -253,6 +253,7 @@ def load(
             name, data_root(root), download, val_fraction, seed, augment, **options
         )
     entry = spec(name)
+    assert isinstance(entry, DatasetSpec)  # text sets returned above
     if augment not in AUGMENTS:
         raise UnknownNameError(_unknown("augment preset", augment, list(AUGMENTS)))
     if not 0.0 <= float(val_fraction) < 1.0:

@@ -274,8 +274,8 @@ def load_text(
     test = TextSource(test_ids, test_mask, raw.test_labels, raw.test_texts)
     return TextSplits(
         name=name,
-        train=View(pool, train_idx, identity),
-        val=View(pool, val_idx, identity),
+        train=View(pool, train_idx.tolist(), identity),
+        val=View(pool, val_idx.tolist(), identity),
         test=View(test, range(len(test)), identity),
         classes=list(raw.classes),
         num_classes=len(raw.classes),
