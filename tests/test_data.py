@@ -33,7 +33,8 @@ def stack(dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_names_and_contract_fields():
-    assert data.names() == ["cifar10", "cifar100", "flowers102", "digits", "synthetic"]
+    images = ["cifar10", "cifar100", "flowers102", "digits", "synthetic"]
+    assert data.names() == images + ["textsynth", "bbcnews", "agnews", "fewrel", "hf"]
     fields = set(data.Splits.__dataclass_fields__)
     assert {
         "name", "train", "val", "test", "classes", "num_classes", "img_size", "channels", "mean",

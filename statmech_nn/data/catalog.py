@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from statmech_nn.data import digits, synthetic, vision
+from statmech_nn.data import digits, synthetic, text_catalog, vision
 from statmech_nn.data.splits import Splits, View, split_sizes, stratified_split
 from statmech_nn.data.transforms import AUGMENTS, CCT_LABEL_SMOOTHING, MixupCutmix, build_transforms
 from statmech_nn.errors import StatmechError, UnknownNameError
@@ -175,12 +175,14 @@ SPECS: dict[str, DatasetSpec] = {
 
 
 def names() -> list[str]:
-    """The names ``load`` accepts."""
-    return list(SPECS)
+    """The names ``load`` accepts (image sets, then text sets)."""
+    return list(SPECS) + list(text_catalog.SPECS)
 
 
-def spec(name: str) -> DatasetSpec:
+def spec(name: str) -> DatasetSpec | text_catalog.TextSpec:
     """The catalogue entry of ``name``; unknown names raise ``UnknownNameError``."""
+    if name in text_catalog.SPECS:
+        return text_catalog.SPECS[name]
     if name not in SPECS:
         raise UnknownNameError(_unknown("dataset", name, names()))
     return SPECS[name]
@@ -244,7 +246,14 @@ def load(
     dataset-specific (``synthetic``: ``num_super``, ``num_sub``, ``n_train_per_class``,
     ``n_test_per_class``, ``data_seed``, ``noise``, ``hue_step``).
     """
+    if name in text_catalog.SPECS:
+        if img_size is not None:
+            raise DataOptionError(f"dataset {name} is text: it takes no img_size")
+        return text_catalog.load_text(
+            name, data_root(root), download, val_fraction, seed, augment, **options
+        )
     entry = spec(name)
+    assert isinstance(entry, DatasetSpec)  # text sets returned above
     if augment not in AUGMENTS:
         raise UnknownNameError(_unknown("augment preset", augment, list(AUGMENTS)))
     if not 0.0 <= float(val_fraction) < 1.0:
