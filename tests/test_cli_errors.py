@@ -79,12 +79,12 @@ def store(tmp_path_factory) -> Store:
         yield Store(root, train_id, snp_id, bad_train_id, bad_snp_id)
 
 
-@pytest.fixture(autouse=True)
-def _in_store(store, monkeypatch):
-    """Each case runs in the store's folder and leaves mlflow on its default store afterwards."""
+@pytest.fixture
+def in_store(store, monkeypatch):
+    """The store, as the working directory; mlflow back on its default store afterwards."""
     monkeypatch.chdir(store.root)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    yield
+    yield store
     tracking.use_store()
 
 
@@ -185,10 +185,12 @@ def _unchanged(store: Store, check):
     assert _snapshot(store.root) == files
 
 
+@pytest.mark.slow  # the shared store trains SNP readouts and runs a short study first
 @pytest.mark.parametrize(
     "case", [pytest.param(name, id=name, marks=marks) for name, (_, _, marks) in CASES.items()]
 )
-def test_bad_input_is_one_line_and_writes_nothing(store, capsys, case):
+def test_bad_input_is_one_line_and_writes_nothing(in_store, capsys, case):
+    store = in_store
     argv, message, _ = CASES[case]
     argv = _argv(store, argv)
     _unchanged(store, lambda: _one_line(argv, capsys, message))
@@ -228,22 +230,25 @@ OS_ERRORS = {
 }  # fmt: skip
 
 
+ANY_RUN = "0123456789abcdef0123456789abcdef"
+
+
 @pytest.mark.parametrize("case", list(OS_ERRORS))
-def test_os_errors_are_one_line_naming_the_path(store, capsys, monkeypatch, case):
+def test_os_errors_are_one_line_naming_the_path(workdir, capsys, monkeypatch, case):
     make, message = OS_ERRORS[case]
-    monkeypatch.setattr(tracking, "init_store", _raise(make(store.root)))
-    argv = _argv(store, ["order", "{snp}"])
-    _one_line(argv, capsys, message.format(root=store.root))
+    monkeypatch.setattr(tracking, "init_store", _raise(make(workdir)))
+    _one_line(["order", ANY_RUN], capsys, message.format(root=workdir))
 
 
-def test_a_bug_still_shows_its_traceback(store, monkeypatch):
+def test_a_bug_still_shows_its_traceback(workdir, monkeypatch):
     monkeypatch.setattr(tracking, "init_store", _raise(OSError(errno.EIO, "I/O error")))
     with pytest.raises(OSError, match="I/O error"):
-        cli.main(_argv(store, ["order", "{snp}"]))
+        cli.main(["order", ANY_RUN])
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_read_only_mlruns_is_one_line(store, capsys):
+def test_read_only_mlruns_is_one_line(in_store, capsys):
+    store = in_store
     mlruns = store.root / "mlruns"
     modes = {p: p.stat().st_mode for p in [mlruns, *mlruns.rglob("*")]}
     try:
@@ -260,13 +265,14 @@ def test_read_only_mlruns_is_one_line(store, capsys):
             p.chmod(mode)
 
 
-def test_the_installed_command_exits_2_with_one_line(store):
+@pytest.mark.slow  # a fresh interpreter imports torch and mlflow
+def test_the_installed_command_exits_2_with_one_line(workdir):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(PYTHONPATH=str(PACKAGE_PARENT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    argv = _argv(store, [*STUDY, "--storage", "sqlite://"])
+    argv = ["study", "andc", ANY_RUN, "--storage", "sqlite://"]
     done = subprocess.run(
         [sys.executable, "-m", "statmech_nn", *argv],
-        cwd=store.root,
+        cwd=workdir,
         env=env,
         capture_output=True,
         text=True,
@@ -277,6 +283,7 @@ def test_the_installed_command_exits_2_with_one_line(store):
         f"statmech-nn study: error: {done.stderr.split('error: ', 1)[1].strip()}"
     ]
     assert "names no database file" in done.stderr
+    assert not (workdir / "mlruns").exists()
 
 
 def test_the_case_table_covers_the_issue_list():
