@@ -13,7 +13,7 @@ with ``--cache-dtype fp32`` they agree to float tolerance).
 Targets on CPU (E = 20): >= 8x seqpool, >= 50x mean, >= 3x flatten.
 
 Usage: ``python benchmarks/readout_cache.py [--samples 32] [--epochs 20] [--device cuda]
-[--batched] [--out FILE]``.
+[--batched on] [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def max_weight_diff(a: dict, b: dict) -> float:
 
 def bench_kind(kind: str, model, sites, data, args, device) -> dict:
     base = dict(readout=kind, batch_size=args.batch_size, seed=0)
-    cached_options = dict(cache_dtype=args.cache_dtype, batched=args.batched or None)
+    batched = {"auto": None, "on": True, "off": False}[args.batched]
+    cached_options = dict(cache_dtype=args.cache_dtype, batched=batched)
     uncached_epochs = args.uncached_epochs or args.epochs
     t_none, ref = timed_train(
         model, sites, data, args.labels,
@@ -129,7 +130,12 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=100)
     parser.add_argument("--kinds", default="seqpool,mean,flatten")
     parser.add_argument("--cache-dtype", default="bf16", choices=("bf16", "fp32"))
-    parser.add_argument("--batched", action="store_true", help="batched readouts (CUDA default)")
+    parser.add_argument(
+        "--batched",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="batched readouts (auto: on CUDA)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", default="benchmarks/results_readout_cache.json")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from statmech_nn.readout.modules import Readout
+from statmech_nn.readout.modules import Readout, SeqPoolReadout
 
 __all__ = ["BatchedReadout", "equal_shape_groups"]
 
@@ -43,7 +43,7 @@ class BatchedReadout(nn.Module):
         self.size = len(readouts)
         self.weight = nn.Parameter(torch.stack([r.fc.weight.detach() for r in readouts]))
         if self.kind == "seqpool":
-            pools = [r.pool for r in readouts]  # type: ignore[attr-defined]
+            pools = [r.pool for r in readouts if isinstance(r, SeqPoolReadout)]
             self.pool_weight = nn.Parameter(torch.stack([p.weight.detach()[0] for p in pools]))
             self.pool_bias = nn.Parameter(torch.stack([p.bias.detach()[0] for p in pools]))
 
@@ -73,6 +73,6 @@ class BatchedReadout(nn.Module):
         """Copy the trained stacked parameters into ``readouts`` (the order given at build)."""
         for i, r in enumerate(readouts):
             r.fc.weight.copy_(self.weight[i])
-            if self.kind == "seqpool":
-                r.pool.weight[0].copy_(self.pool_weight[i])  # type: ignore[union-attr]
-                r.pool.bias[0].copy_(self.pool_bias[i])  # type: ignore[union-attr]
+            if isinstance(r, SeqPoolReadout):
+                r.pool.weight[0].copy_(self.pool_weight[i])
+                r.pool.bias[0].copy_(self.pool_bias[i])

@@ -100,7 +100,8 @@ class _Unit:
 def _units(
     cache: SiteCache, readouts: dict[str, Readout], batched: bool
 ) -> tuple[list[_Unit], list[tuple[BatchedReadout, list[Readout]]]]:
-    units, groups = [], []
+    units: list[_Unit] = []
+    groups: list[tuple[BatchedReadout, list[Readout]]] = []
     for names, stack in cache.stacks.items():
         members = [readouts[n] for n in names]
         if not batched:
@@ -122,6 +123,21 @@ def _step_loss(units: list[_Unit], compile: bool) -> Callable[..., torch.Tensor]
     return torch.compile(total) if compile else total
 
 
+def _fresh(
+    sites: Sequence[Site],
+    shapes: dict[str, tuple[int, int]],
+    num_labels: int,
+    config: ReadoutConfig,
+    device: torch.device,
+) -> dict[str, Readout]:
+    """Freshly initialised readouts of ``sites`` (seeded by site name), on ``device``."""
+    out = {}
+    for s in sites:
+        tokens, nodes = shapes[s.name]
+        out[s.name] = make_readout(config.readout, tokens, nodes, num_labels, s, config.seed)
+    return {name: r.to(device) for name, r in out.items()}
+
+
 def _fit_group(
     sites: Sequence[Site],
     cache: SiteCache,
@@ -134,10 +150,7 @@ def _fit_group(
     progress: bool,
 ) -> dict[str, Readout]:
     """Train the readouts of ``sites`` for ``config.epochs`` on ``cache``."""
-    readouts = {
-        s.name: make_readout(config.readout, *shapes[s.name], num_labels, s, config.seed).to(device)
-        for s in sites
-    }
+    readouts = _fresh(sites, shapes, num_labels, config, device)
     units, groups = _units(cache, readouts, batched)
     params = [p for u in units for p in u.module.parameters()]
     optimiser = torch.optim.SGD(
@@ -182,13 +195,6 @@ def _fit_group(
     for module, members in groups:
         module.write_back(members)
     return readouts
-
-
-def _fresh(sites, shapes, num_labels, config, device) -> dict[str, Readout]:
-    return {
-        s.name: make_readout(config.readout, *shapes[s.name], num_labels, s, config.seed).to(device)
-        for s in sites
-    }
 
 
 @dataclass

@@ -38,6 +38,7 @@ class Readout(nn.Module):
     """Base class: ``forward(a [B, T, N]) -> logits [B, labels]``; ``site`` names where it reads."""
 
     kind: str = ""
+    fc: nn.Linear
 
     def __init__(self, tokens: int, nodes: int, labels: int, site: Site | None = None):
         super().__init__()
@@ -70,6 +71,7 @@ class SeqPoolReadout(Readout):
     """``z = sum_t softmax_t(a[b,t,:] . g + g0) a[b,t,:]``, logits ``W z``; ``pool`` holds g, g0."""
 
     kind = "seqpool"
+    pool: nn.Linear
 
     def __init__(self, tokens: int, nodes: int, labels: int, site: Site | None = None):
         super().__init__(tokens, nodes, labels, site)
