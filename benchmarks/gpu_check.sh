@@ -4,6 +4,7 @@
 # reference-sized CCT-7/3x1 with the CIFAR-100 recipe on the procedural 100-class dataset.
 # Usage: OUT=/some/dir bash benchmarks/gpu_check.sh   (wheels in .whl/ are installed first if present)
 set -uo pipefail
+REPO=$PWD
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -38,4 +39,18 @@ for r in mlflow.search_runs(search_all_experiments=True, output_format="list"):
     print(r.info.run_name, r.info.status, keep)
 PY
 ls reports 2>/dev/null && cp reports/*.html "$OUT/" 2>/dev/null
+# -- readouts on the activation cache (issue 11 item 1-2): 14 CCT-7/3x1 sites, E = 20, cached and
+# batched vs today's loop, all three readouts (about 2 minutes on an H100); then seqpool unbatched
+# (cached, one readout per site) for the batched-vs-separate step time.
+SECONDS=0
+(cd "$REPO" && PYTHONPATH=$REPO:${PYTHONPATH:-} timeout 150 python3 benchmarks/readout_cache.py \
+    --device cuda --batched on --samples 4096 --batch-size 128 --epochs 20 \
+    --out "$OUT/readout_cache_gpu.json") 2>&1 | tee "$OUT/readout_cache_gpu.log" | grep -v "^  \["
+echo "readout cache (batched): ${SECONDS}s rc=${PIPESTATUS[0]}" | tee -a "$OUT/gpu.txt"
+SECONDS=0
+(cd "$REPO" && PYTHONPATH=$REPO:${PYTHONPATH:-} timeout 60 python3 benchmarks/readout_cache.py \
+    --device cuda --batched off --kinds seqpool --samples 4096 --batch-size 128 --epochs 20 \
+    --uncached-epochs 2 --out "$OUT/readout_cache_gpu_separate.json") 2>&1 \
+    | tee "$OUT/readout_cache_gpu_separate.log" | grep -v "^  \["
+echo "readout cache (separate): ${SECONDS}s rc=${PIPESTATUS[0]}" | tee -a "$OUT/gpu.txt"
 exit 0

@@ -8,7 +8,7 @@ from _tiny import SmallCNN
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from statmech_nn.errors import UnknownNameError
+from statmech_nn.errors import ConfigError, UnknownNameError
 from statmech_nn.readout import (
     FlattenReadout,
     ReadoutConfig,
@@ -83,15 +83,16 @@ def test_unknown_readout_and_bad_config():
         ReadoutConfig(readout="nope")
     with pytest.raises(UnknownNameError):
         ReadoutConfig(schedule="step")
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         ReadoutConfig(epochs=-1)
 
 
+@pytest.mark.parametrize("cache", ["none", "memory"])
 @pytest.mark.parametrize("kind", ["seqpool", "mean", "flatten"])
-def test_training_learns_a_separable_problem(kind):
+def test_training_learns_a_separable_problem(kind, cache):
     model = TokenNet().eval()
     sites = resolve(model, "a:kind=tok")
-    config = ReadoutConfig(readout=kind, epochs=8, batch_size=32, lr=0.1)
+    config = ReadoutConfig(readout=kind, epochs=8, batch_size=32, lr=0.1, cache=cache)
     readouts = train_readouts(model, sites, separable_tokens(), 3, config, "cpu", progress=False)
     acc = evaluate(model, readouts, separable_tokens(seed=5), device="cpu", progress=False)
     assert acc["a"] > 0.9
@@ -111,11 +112,12 @@ def test_backbone_frozen_and_mode_restored():
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("cache", ["none", "memory"])
 @pytest.mark.parametrize("kind", ["seqpool", "flatten"])
-def test_joint_training_equals_one_by_one(kind):
+def test_joint_training_equals_one_by_one(kind, cache):
     model = SmallCNN(labels=3).eval()
     both = resolve(model, "act1:kind=c,act2:kind=c:layer=1")
-    config = ReadoutConfig(readout=kind, epochs=2, batch_size=16, seed=3)
+    config = ReadoutConfig(readout=kind, epochs=2, batch_size=16, seed=3, cache=cache)
     joint = train_readouts(model, both, images(), 3, config, "cpu", progress=False)
     for site in both:
         alone = train_readouts(model, [site], images(), 3, config, "cpu", progress=False)
