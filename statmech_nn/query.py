@@ -71,17 +71,17 @@ def from_runs(runs: Sequence[Any]) -> xr.Dataset:
                 layers.add(layer)
     layer_values = sorted(layers)
     index = {layer: i for i, layer in enumerate(layer_values)}
-    data = {}
+    data: dict[str, Any] = {}
     for name, values in layered.items():
         arr = np.full((len(runs), len(layer_values)), np.nan)
         for (r, layer), value in values.items():
             arr[r, index[layer]] = value
         data[name] = (("run", "layer"), arr)
-    for name, values in scalars.items():
-        arr = np.full(len(runs), np.nan)
-        for r, value in values.items():
-            arr[r] = value
-        data[name if name not in data else f"{name}_scalar"] = (("run",), arr)
+    for name, by_run in scalars.items():
+        column = np.full(len(runs), np.nan)
+        for r, value in by_run.items():
+            column[r] = value
+        data[name if name not in data else f"{name}_scalar"] = (("run",), column)
     params = sorted({k for run in runs for k in run.data.params})
     coords: dict[str, Any] = {
         "run": [run.info.run_id for run in runs],

@@ -5,7 +5,6 @@ Binarisation is :func:`statmech_nn.snp.binarize` (the one strict threshold compa
 
 from __future__ import annotations
 
-import numpy as np
 import xarray as xr
 
 from statmech_nn.errors import SchemaError
@@ -75,4 +74,4 @@ def node_matrices(ds: xr.Dataset, kind: str) -> xr.DataArray:
 
 def valid_nodes(matrices: xr.DataArray) -> xr.DataArray:
     """``(layer, node)`` bool: real nodes, not NaN padding (VGG layers narrower than the widest)."""
-    return ~np.isnan(matrices).all(MATRIX_DIMS)
+    return ~matrices.isnull().all(list(MATRIX_DIMS))

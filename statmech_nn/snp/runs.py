@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import xarray as xr
@@ -274,7 +274,7 @@ def compute_for_run(
     config = ReadoutConfig(
         readout=readout, epochs=readout_epochs, batch_size=batch_size, seed=seed, **options
     )
-    settings = dict(
+    settings: dict[str, Any] = dict(
         readout=readout,
         silencing=silencing,
         readout_epochs=readout_epochs,
@@ -288,16 +288,19 @@ def compute_for_run(
         child_id = active.info.run_id
         mlflow.set_tag(KIND_TAG, KIND_SNP)
         mlflow.log_params(_run_params(site_list, config, recorded))
-        ds, trained = compute(
-            ckpt.model,
-            splits,
-            site_list,
-            device=device,
-            progress=progress,
-            readout_options=options,
-            attrs=_provenance(ckpt, child_id, run_id),
-            return_readouts=True,
-            **settings,
+        ds, trained = cast(
+            tuple[xr.Dataset, dict[str, Readout]],
+            compute(
+                ckpt.model,
+                splits,
+                site_list,
+                device=device,
+                progress=progress,
+                readout_options=options,
+                attrs=_provenance(ckpt, child_id, run_id),
+                return_readouts=True,
+                **settings,
+            ),
         )
         mlflow.log_metrics(_readout_metrics(ds, site_list))
         _log_artifacts(ds, trained)

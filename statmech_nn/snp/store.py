@@ -42,7 +42,7 @@ READOUTS_SCHEMA = "statmech-nn.readouts/1"
 
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     """netCDF encoding: zlib level 4 for float variables, matrices and scales as float32."""
-    enc = {}
+    enc: dict[str, dict[str, Any]] = {}
     for name, var in ds.data_vars.items():
         if var.dtype.kind == "f":
             enc[str(name)] = {"zlib": True, "complevel": 4}
@@ -69,7 +69,7 @@ def validate(ds: xr.Dataset) -> None:
             f"not an SNP tensor: attr schema={ds.attrs.get('schema')!r}, expected {SCHEMA!r} "
             "(write it with statmech_nn.snp.save)"
         )
-    kinds = [v[4:] for v in ds.data_vars if str(v).startswith("snp_")]
+    kinds = [str(v)[4:] for v in ds.data_vars if str(v).startswith("snp_")]
     if not kinds:
         raise SchemaError("SNP tensor without any snp_{kind} variable")
     for kind in kinds:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from statmech_nn.errors import TrackingError
+from statmech_nn.fileio import exclusive_lock
 from statmech_nn.tracking.runs import sweep_dead_runs
 from statmech_nn.tracking.template import copy_template, drop_template, save_template
 from statmech_nn.tracking.uris import artifact_root, first_line, is_remote, resolve_uri, sqlite_path
@@ -47,24 +48,38 @@ def init_store(uri: str | None = None) -> str:
     """
     uri = resolve_uri(uri)
     db = sqlite_path(uri)
-    created = False
-    if db is not None:
+    if db is None:
+        open_store(uri)
+        created = False
+    else:
         db.parent.mkdir(parents=True, exist_ok=True)
-        created = not db.exists()
-        if created and copy_template(db):
-            try:
-                open_store(uri)
-            except TrackingError:
-                db.unlink(missing_ok=True)
-                drop_template()
-    open_store(uri)
-    if created and db is not None:
-        _relocate_default_experiment(db, uri)
-        save_template(db)
+        with exclusive_lock(db.parent / f".{db.name}.lock"):
+            created = _create_or_open_sqlite(db, uri)
     _set_mlflow_uri(uri)
     if not created:
         _sweep_quietly()
     return uri
+
+
+def _create_or_open_sqlite(db: Path, uri: str) -> bool:
+    """Open (migrating if needed) the SQLite store ``db``, creating it if new; whether it was.
+
+    Called under a lock beside the database: MLflow's migrations are not safe to run from
+    several processes at once ("duplicate column name", "_alembic_tmp_* already exists"), and
+    four commands started together in a fresh folder must all get one working store.
+    """
+    created = not db.exists()
+    if created and copy_template(db):
+        try:
+            open_store(uri)
+        except TrackingError:
+            db.unlink(missing_ok=True)
+            drop_template()
+    open_store(uri)
+    if created:
+        _relocate_default_experiment(db, uri)
+        save_template(db)
+    return created
 
 
 def _sweep_quietly() -> None:
