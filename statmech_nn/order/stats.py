@@ -35,7 +35,7 @@ CHUNK_ELEMENTS = 1 << 23
 
 
 def layer_values(matrices: xr.DataArray, layer: int) -> np.ndarray:
-    """The ``(node, label_true, label_out)`` matrices of one layer (a view of in-memory data)."""
+    """One layer's ``(node, label_true, label_out)`` matrices: a view, or one layer loaded."""
     return np.asarray(matrices.isel(layer=layer).values)
 
 
