@@ -10,6 +10,14 @@ and the ratio ours / theirs, and writes everything as JSON.
 
 Attention dropout is 0 by default so that our SDPA attention can take its fused fast path in
 training; the reference trains with 0.1 (pass ``--attention-dropout 0.1`` to measure that).
+
+CPU bf16 (issue 11): ``--dtype bf16 --fp32-baseline --compare-paths`` adds vit_pytorch in fp32
+and ours with the other attention kernel (SDPA vs explicit matmuls, ``models.cct``) to the
+interleaved rounds, and ``--kernels`` times one block's attention (SDPA / matmuls) and its
+linear layers in fp32 and bf16, forward + backward, to show where the bound lies:
+
+    python benchmarks/train_throughput.py --dtype bf16 --threads 2 --batch 16 --modes train \
+        --fp32-baseline --compare-paths --kernels --rounds 2 --steps 1 --warmup 1
 """
 
 from __future__ import annotations
@@ -28,6 +36,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from statmech_nn import models
+from statmech_nn.models.cct import (
+    matmul_attention,
+    native_bf16_cpu,
+    set_attention_path,
+    uses_matmul_attention,
+)
 
 MODES = ("train", "forward")
 
@@ -55,6 +69,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round (default: 3)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=list(MODES),
+        help="what to time (default: both)",
+    )
+    parser.add_argument(
+        "--attention-path",
+        choices=("auto", "sdpa", "matmul"),
+        default="auto",
+        help="our attention kernel (default: auto, by device and dtype)",
+    )
+    parser.add_argument(
+        "--compare-paths",
+        action="store_true",
+        help="also time ours with the other attention kernel ('ours_other')",
+    )
+    parser.add_argument(
+        "--fp32-baseline",
+        action="store_true",
+        help="with --dtype bf16: also time vit_pytorch in fp32 ('theirs_fp32')",
+    )
+    parser.add_argument(
+        "--kernels",
+        action="store_true",
+        help="also time one block's attention and linear layers, fp32 vs bf16, fwd + bwd",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -93,9 +135,9 @@ def build_pair(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
     return ours.to(args.device), theirs.to(args.device)
 
 
-def autocast(args: argparse.Namespace) -> contextlib.AbstractContextManager:
-    if args.dtype == "bf16":
-        return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)
+def autocast(device: str, dtype: str) -> contextlib.AbstractContextManager:
+    if dtype == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -108,9 +150,15 @@ class Runner:
     """One model with its optimiser and fixed batch; ``train``/``forward`` time ``n`` steps."""
 
     def __init__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        args: argparse.Namespace,
+        dtype: str | None = None,
     ) -> None:
         self.model, self.x, self.y, self.args = model, x, y, args
+        self.dtype = dtype or args.dtype
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
 
     def _timed(self, n: int, step) -> tuple[float, float]:
@@ -123,14 +171,14 @@ class Runner:
         return images / (time.perf_counter() - wall), images / (time.process_time() - cpu)
 
     def _train_step(self) -> None:
-        with autocast(self.args):
+        with autocast(self.args.device, self.dtype):
             loss = F.cross_entropy(self.model(self.x), self.y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
 
     def _forward_step(self) -> None:
-        with torch.inference_mode(), autocast(self.args):
+        with torch.inference_mode(), autocast(self.args.device, self.dtype):
             self.model(self.x)
 
     def train(self, n: int) -> tuple[float, float]:
@@ -163,25 +211,78 @@ def machine(args: argparse.Namespace) -> dict:
     return info
 
 
+def _fwd_bwd_ms(fn, inputs: list[torch.Tensor], repeats: int = 3) -> float:
+    """Process-CPU milliseconds of ``fn(*inputs)`` forward + backward (best of ``repeats``)."""
+    inputs = [t.detach().requires_grad_() for t in inputs]
+    fn(*inputs).float().sum().backward()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        fn(*inputs).float().sum().backward()
+        best = min(best, time.process_time() - start)
+    return 1000 * best
+
+
+def kernel_times(ours: nn.Module, args: argparse.Namespace) -> dict[str, float]:
+    """ms of one block's attention (SDPA, matmuls) and its 4 linear layers, fp32 and bf16."""
+    c = ours.config
+    heads, dim, tokens = c["num_heads"], c["embedding_dim"], ours.num_tokens
+    hidden = int(dim * c["mlp_ratio"])
+    g = torch.Generator().manual_seed(args.seed)
+    qkv = [torch.randn(args.batch, heads, tokens, dim // heads, generator=g) for _ in range(3)]
+    x = torch.randn(args.batch, tokens, dim, generator=g)
+    block = ours.classifier.blocks[0]
+    linears = [block.self_attn.qkv, block.self_attn.proj, block.linear1, block.linear2]
+    inputs = [x, x, x, torch.randn(args.batch, tokens, hidden, generator=g)]
+
+    def linear_layers(*xs: torch.Tensor) -> torch.Tensor:
+        return sum(layer(t).float().sum() for layer, t in zip(linears, xs, strict=True))
+
+    out = {}
+    for dtype in ("fp32", "bf16"):
+        cast = torch.bfloat16 if dtype == "bf16" else torch.float32
+        with autocast("cpu", dtype):
+            out[f"attention_sdpa_{dtype}"] = _fwd_bwd_ms(
+                F.scaled_dot_product_attention, [t.to(cast) for t in qkv]
+            )
+            out[f"attention_matmul_{dtype}"] = _fwd_bwd_ms(
+                matmul_attention, [t.to(cast) for t in qkv]
+            )
+            out[f"linear_layers_{dtype}"] = _fwd_bwd_ms(linear_layers, inputs)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     ours, theirs = build_pair(args)
+    set_attention_path(ours, args.attention_path)
     c = ours.config
     g = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.batch, c["in_channels"], c["img_size"], c["img_size"], generator=g)
     y = torch.randint(0, args.num_classes, (args.batch,), generator=g)
     x, y = x.to(args.device), y.to(args.device)
     runners = {"ours": Runner(ours, x, y, args), "theirs": Runner(theirs, x, y, args)}
+    probe = torch.zeros(
+        1, device=args.device, dtype=torch.bfloat16 if args.dtype == "bf16" else None
+    )
+    chosen = "matmul" if uses_matmul_attention(probe, args.attention_path) else "sdpa"
+    if args.compare_paths:
+        other, _ = build_pair(args)
+        set_attention_path(other, "sdpa" if chosen == "matmul" else "matmul")
+        runners["ours_other"] = Runner(other, x, y, args)
+    if args.fp32_baseline and args.dtype == "bf16":
+        _, theirs_fp32 = build_pair(args)
+        runners["theirs_fp32"] = Runner(theirs_fp32, x, y, args, dtype="fp32")
     for runner in runners.values():
-        runner.train(args.warmup)
-        runner.forward(args.warmup)
-    wall = {mode: {k: [] for k in runners} for mode in MODES}
-    cpu = {mode: {k: [] for k in runners} for mode in MODES}
+        for mode in args.modes:
+            getattr(runner, mode)(args.warmup)
+    wall = {mode: {k: [] for k in runners} for mode in args.modes}
+    cpu = {mode: {k: [] for k in runners} for mode in args.modes}
     for r in range(args.rounds):
-        order = ["ours", "theirs"] if r % 2 == 0 else ["theirs", "ours"]
-        for mode in MODES:
+        order = list(runners) if r % 2 == 0 else list(runners)[::-1]
+        for mode in args.modes:
             for key in order:
                 w, c = getattr(runners[key], mode)(args.steps)
                 wall[mode][key].append(w)
@@ -192,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(args),
         "images_per_s": wall,
         "images_per_cpu_s": cpu,
+        "attention_path": chosen,
+        "native_bf16_cpu": native_bf16_cpu(),
     }
-    for mode in MODES:
+    for mode in args.modes:
         med = {k: statistics.median(v) for k, v in wall[mode].items()}
         med_cpu = {k: statistics.median(v) for k, v in cpu[mode].items()}
         result[f"{mode}_median"] = med
@@ -206,6 +309,18 @@ def main(argv: list[str] | None = None) -> int:
             f"(per CPU second: {med_cpu['ours']:.1f} vs {med_cpu['theirs']:.1f}, "
             f"ratio {result[f'{mode}_cpu_ratio']:.2f}x)"
         )
+        for key in runners:
+            if key in ("ours", "theirs"):
+                continue
+            result[f"{mode}_cpu_ratio_vs_{key}"] = med_cpu["ours"] / med_cpu[key]
+            print(
+                f"{'':8s} {key}: {med_cpu[key]:.2f} img per CPU s; ours / {key} "
+                f"{result[f'{mode}_cpu_ratio_vs_{key}']:.2f}x (wall {med['ours'] / med[key]:.2f}x)"
+            )
+    if args.kernels:
+        result["kernel_ms"] = kernel_times(ours, args)
+        for name, ms in result["kernel_ms"].items():
+            print(f"kernel {name:24s} {ms:8.1f} ms (process CPU, fwd + bwd, batch {args.batch})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -379,3 +379,100 @@ def test_models_command_lists_every_model(capsys):
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(rows) == set(models.names())
     assert rows["cct_7_3x1_32"][1:] == ["3.760", "32", "256", "7", "4", "256"]
+
+
+# -- attention kernels: SDPA (flash) and explicit matmuls compute the same function ------------
+
+
+def _attention_pair(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, nn.Module]:
+    """Two copies of one small CCT, the first forced to SDPA, the second to explicit matmuls."""
+    from statmech_nn.models.cct import set_attention_path
+
+    torch.manual_seed(0)
+    config = {"num_layers": 2, "embedding_dim": 64, "img_size": 16, "num_classes": 7}
+    config.update(attention_dropout=0.0, stochastic_depth=0.0)
+    sdpa = models.create("cct_7_3x1_32", **config).eval().to(dtype)
+    matmul = models.create("cct_7_3x1_32", **config).eval().to(dtype)
+    matmul.load_state_dict(sdpa.state_dict())
+    set_attention_path(sdpa, "sdpa")
+    set_attention_path(matmul, "matmul")
+    return sdpa, matmul
+
+
+def _site_modules(model: nn.Module) -> list[str]:
+    return [site.module for site in model.sites()]
+
+
+def test_attention_paths_agree_in_fp32_at_every_hook_point():
+    sdpa, matmul = _attention_pair()
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits_a, hooks_a = capture(sdpa, _site_modules(sdpa), x)
+        logits_b, hooks_b = capture(matmul, _site_modules(matmul), x)
+    torch.testing.assert_close(logits_b, logits_a, rtol=1e-5, atol=1e-5)
+    for name, value in hooks_a.items():
+        torch.testing.assert_close(hooks_b[name], value, rtol=1e-5, atol=1e-5, msg=name)
+    assert any(name.endswith("heads_out") for name in hooks_a)
+
+
+def test_auto_path_in_fp32_is_sdpa_bit_for_bit():
+    """fp32 on CPU keeps SDPA: the hook outputs are exactly those of the forced SDPA path."""
+    sdpa, _ = _attention_pair()
+    auto = models.from_config(sdpa.config).eval()
+    auto.load_state_dict(sdpa.state_dict())
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logits_a, hooks_a = capture(sdpa, _site_modules(sdpa), x)
+        logits_b, hooks_b = capture(auto, _site_modules(auto), x)
+    assert torch.equal(logits_a, logits_b)
+    assert all(torch.equal(hooks_b[name], value) for name, value in hooks_a.items())
+
+
+@pytest.mark.parametrize("mode", ["bf16_weights", "bf16_autocast"])
+def test_attention_paths_agree_in_bf16(mode):
+    """Both bf16 paths stay within bf16 tolerance of each other and of the fp32 logits."""
+    weights = torch.bfloat16 if mode == "bf16_weights" else torch.float32
+    sdpa, matmul = _attention_pair(weights)
+    reference, _ = _attention_pair()
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        exact = reference(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16_autocast"):
+            a, b = sdpa(x.to(weights)).float(), matmul(x.to(weights)).float()
+    scale = exact.abs().max()
+    for got in (a, b):
+        assert (got - exact).abs().max() <= 0.05 * scale
+    assert (a - b).abs().max() <= 0.05 * scale
+
+
+def test_attention_path_rule(monkeypatch):
+    from statmech_nn.errors import ConfigError
+    from statmech_nn.models import cct
+
+    q32 = torch.zeros(1, 1, 2, 4)
+    q16 = q32.to(torch.bfloat16)
+    meta = torch.zeros(1, 1, 2, 4, dtype=torch.bfloat16, device="meta")
+    monkeypatch.setattr(cct, "native_bf16_cpu", lambda: True)
+    assert cct.uses_matmul_attention(q16)
+    assert not cct.uses_matmul_attention(q32) and not cct.uses_matmul_attention(meta)
+    assert not cct.uses_matmul_attention(q16.half())
+    assert not cct.uses_matmul_attention(q16, "sdpa") and cct.uses_matmul_attention(q32, "matmul")
+    monkeypatch.setattr(cct, "native_bf16_cpu", lambda: False)
+    assert not cct.uses_matmul_attention(q16)
+    with pytest.raises(ConfigError, match="attention path"):
+        cct.set_attention_path(nn.Sequential(), "flash")
+
+
+def test_matmul_attention_dropout_only_in_training():
+    sdpa, matmul = _attention_pair()
+    for module in matmul.modules():
+        if isinstance(module, models.cct.Attention):
+            module.attention_dropout = 0.5
+    heads_out = ["classifier.blocks.0.self_attn.heads_out"]
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(matmul(x), sdpa(x), rtol=1e-5, atol=1e-5)
+        _, plain = capture(sdpa.train(), heads_out, x)  # no other dropout: train mode is a no-op
+        _, dropped = capture(matmul.train(), heads_out, x)
+    plain, dropped = plain[heads_out[0]], dropped[heads_out[0]]
+    assert (dropped - plain).abs().max() > 0.1 * plain.abs().max()

@@ -11,6 +11,9 @@ from _tiny import SYNTHETIC
 
 from statmech_nn import order
 from statmech_nn.errors import SchemaError, StatmechError
+from statmech_nn.naming import exceeds
+from statmech_nn.order import clusters as clusters_module
+from statmech_nn.order import stats as stats_module
 
 # -- independent reference: METHODS.md section 5 read literally --------------------------------
 
@@ -130,6 +133,97 @@ def to_float(binary: np.ndarray, rng: np.random.Generator, theta: float = 0.3) -
     return np.where(binary, hi, lo)
 
 
+# -- slow literal oracle: the unchunked implementation before issue 11 (label loop, full masks) ----
+
+
+def oracle_greedy_clusters(binary: np.ndarray) -> np.ndarray:
+    """The label-by-label greedy pass over all nodes, with ``labels x labels`` flags per node."""
+    batch, n_labels = binary.shape[:-2], binary.shape[-1]
+    flat = binary.reshape(-1, n_labels, n_labels)
+    n_nodes = flat.shape[0]
+    mutual = flat & flat.transpose(0, 2, 1)
+    diagonal = np.diagonal(flat, axis1=1, axis2=2)
+    compat = np.ones((n_nodes, n_labels, n_labels), dtype=bool)
+    exists = np.zeros((n_nodes, n_labels), dtype=bool)
+    count = np.zeros(n_nodes, dtype=np.int64)
+    cluster = np.full((n_nodes, n_labels), -1, dtype=np.int64)
+    for label in range(n_labels):
+        accepts = compat[:, :, label] & exists
+        joins = accepts.any(axis=1)
+        rows = np.flatnonzero(diagonal[:, label])
+        if rows.size == 0:
+            continue
+        target = np.where(joins[rows], accepts[rows].argmax(axis=1), count[rows])
+        compat[rows, target, :] &= mutual[rows, label, :]
+        exists[rows, target] = True
+        count[rows] += ~joins[rows]
+        cluster[rows, label] = target
+    return cluster.reshape(*batch, n_labels)
+
+
+def oracle_node_clusters(binary: np.ndarray) -> order.NodeClusters:
+    """Clusters, signal and noise with the explicit ``same-cluster`` mask of every node."""
+    cluster = oracle_greedy_clusters(binary)
+    batch, n_labels = binary.shape[:-2], binary.shape[-1]
+    flat_b = binary.reshape(-1, n_labels, n_labels)
+    flat_c = cluster.reshape(-1, n_labels)
+    n_nodes = flat_b.shape[0]
+    same = (flat_c[:, :, None] == flat_c[:, None, :]) & (flat_c[:, :, None] >= 0)
+    column_noise = (flat_b & ~same).sum(axis=1)
+    member = flat_c >= 0
+    index = (np.arange(n_nodes)[:, None] * n_labels + np.where(member, flat_c, 0))[member]
+    sizes = np.bincount(index, minlength=n_nodes * n_labels).reshape(n_nodes, n_labels)
+    cluster_noise = np.bincount(
+        index, weights=column_noise[member], minlength=n_nodes * n_labels
+    ).reshape(n_nodes, n_labels)
+    return order.NodeClusters(
+        diagonal=np.diagonal(flat_b, axis1=1, axis2=2).reshape(*batch, n_labels),
+        cluster=cluster,
+        sizes=sizes.reshape(*batch, n_labels),
+        ones=flat_b.sum(axis=(1, 2)).reshape(batch),
+        in_blocks=same.sum(axis=(1, 2)).reshape(batch),
+        column_noise=column_noise.reshape(*batch, n_labels),
+        cluster_noise=cluster_noise.astype(np.int64).reshape(*batch, n_labels),
+    )
+
+
+def oracle_layer_clusters(values: np.ndarray, theta: float) -> order.NodeClusters:
+    """The whole layer binarised at once (``naming.exceeds``), then the oracle clusters."""
+    return oracle_node_clusters(exceeds(values, theta))
+
+
+def oracle_real_nodes(values: np.ndarray) -> np.ndarray:
+    """Real nodes: not every element NaN, checked on every element of every node."""
+    return ~np.isnan(values).all(axis=(-2, -1))
+
+
+THETAS = (0.3, 0.1, 0.55, 0.9)
+
+
+def tricky_snp(rng: np.random.Generator, layers: int, nodes: int, labels: int) -> xr.Dataset:
+    """Float SNP matrices with planted blocks, ties at float32(theta) and NaN padding.
+
+    Every theta of ``THETAS`` sits exactly on many elements (diagonals included), so a comparison
+    in float64 or a non-strict one would change clusters. Layer 0 has padded nodes; one real node
+    has an all-NaN diagonal, another NaN rows (a label without test samples).
+    """
+    binary = random_binary(rng, layers * nodes, labels).reshape(layers, nodes, labels, labels)
+    values = to_float(binary, rng).astype(np.float32)
+    for theta in THETAS:
+        values[rng.random(values.shape) < 0.04] = np.float32(theta)
+        values[rng.random(values.shape) < 0.02] = np.nextafter(np.float32(theta), np.float32(1))
+    values[0, -2:] = np.nan
+    idx = np.arange(labels)
+    values[0, 0, idx, idx] = np.nan
+    values[-1, 1, labels // 2] = np.nan
+    return make_snp({"ff": values})
+
+
+def assert_datasets_identical(got: xr.Dataset, want: xr.Dataset) -> None:
+    assert set(got.data_vars) == set(want.data_vars)
+    xr.testing.assert_identical(got, want)
+
+
 # -- tests -------------------------------------------------------------------------------------
 
 
@@ -150,6 +244,57 @@ def test_random_matrices_agree_with_reference():
             assert list(nc.sizes[k][: len(ref["clusters"])]) == [len(c) for c in ref["clusters"]]
             cases += 1
     assert cases >= 300
+
+
+@pytest.mark.parametrize("group_elements", [1, 40, 1 << 22])
+def test_greedy_matches_the_label_loop_oracle(monkeypatch, group_elements):
+    """Any grouping of nodes (one per group up to all at once) gives the oracle's clusters."""
+    monkeypatch.setattr(clusters_module, "GROUP_ELEMENTS", group_elements)
+    rng = np.random.default_rng(11)
+    for size in (1, 2, 6, 17, 40):
+        batch = random_binary(rng, 40, size).reshape(2, 4, 5, size, size)
+        got, want = order.node_clusters(batch), oracle_node_clusters(batch)
+        for name, value in vars(want).items():
+            np.testing.assert_array_equal(getattr(got, name), value, err_msg=name)
+        np.testing.assert_array_equal(order.greedy_clusters(batch), want.cluster)
+
+
+def test_dense_diagonals_match_the_oracle(monkeypatch):
+    """Every label on the diagonal (the worst case for the greedy pass), mixed with empty nodes."""
+    monkeypatch.setattr(clusters_module, "GROUP_ELEMENTS", 300)
+    rng = np.random.default_rng(12)
+    batch = rng.random((30, 24, 24)) < 0.7
+    idx = np.arange(24)
+    batch[:20, idx, idx] = True
+    batch[20:25] = False
+    got, want = order.node_clusters(batch), oracle_node_clusters(batch)
+    for name, value in vars(want).items():
+        np.testing.assert_array_equal(getattr(got, name), value, err_msg=name)
+
+
+@pytest.mark.parametrize("theta", THETAS)
+def test_chunked_site_statistics_match_the_unchunked_oracle(monkeypatch, theta):
+    """Chunked binarisation, diagonal-only grouping and the NaN fast path change nothing."""
+    ds = tricky_snp(np.random.default_rng(13), 3, 14, 11)
+    monkeypatch.setattr(stats_module, "CHUNK_ELEMENTS", 250)  # two nodes per chunk
+    monkeypatch.setattr(clusters_module, "GROUP_ELEMENTS", 100)
+    got = order.site_statistics(ds, "ff", theta)
+    with monkeypatch.context() as patch:
+        patch.setattr(stats_module, "layer_clusters", oracle_layer_clusters)
+        patch.setattr(stats_module, "real_nodes", oracle_real_nodes)
+        want = order.site_statistics(ds, "ff", theta)
+    assert_datasets_identical(got, want)
+    assert list(got["nodes"]) == [12, 14, 14]
+    ties = exceeds(np.float32(theta), theta)
+    assert not ties and exceeds(np.nextafter(np.float32(theta), np.float32(1)), theta)
+
+
+def test_site_statistics_on_default_budgets_match_the_oracle(monkeypatch):
+    ds = tricky_snp(np.random.default_rng(14), 2, 30, 23)
+    got = order.site_statistics(ds, "ff", 0.3)
+    monkeypatch.setattr(stats_module, "layer_clusters", oracle_layer_clusters)
+    monkeypatch.setattr(stats_module, "real_nodes", oracle_real_nodes)
+    assert_datasets_identical(got, order.site_statistics(ds, "ff", 0.3))
 
 
 def test_batched_shape_matches_one_by_one():

@@ -10,6 +10,8 @@ import xarray as xr
 
 from statmech_nn import order
 from statmech_nn.errors import SchemaError
+from statmech_nn.naming import exceeds
+from statmech_nn.order import symmetry as symmetry_module
 
 
 def mha_dataset(diagonal: np.ndarray, head: np.ndarray, head_diag: np.ndarray | None = None):
@@ -168,3 +170,33 @@ def test_needs_heads():
     ds = mha_dataset(np.zeros((1, 4, 3), dtype=bool), np.zeros(4, dtype=int)).drop_vars("head")
     with pytest.raises(SchemaError, match="head"):
         order.head_symmetry(ds)
+
+
+def oracle_recognised(matrices: xr.DataArray, theta: float) -> np.ndarray:
+    """Slow literal diagonals: the whole tensor binarised (``naming.exceeds``), then diagonals,
+    masked with the real nodes (not all NaN) as before issue 11."""
+    values = matrices.values
+    diagonal = np.diagonal(exceeds(values, theta), axis1=-2, axis2=-1)
+    return diagonal & ~np.isnan(values).all(axis=(-2, -1))[..., None]
+
+
+@pytest.mark.parametrize("theta", [0.3, 0.1, 0.55, 0.9])
+def test_diagonal_only_binarisation_matches_the_full_oracle(monkeypatch, theta):
+    """Ties at float32(theta), NaN padding, an all-NaN diagonal: same as binarising everything."""
+    rng = np.random.default_rng(7)
+    layers, nodes, labels = 3, 12, 9
+    head = np.repeat(np.arange(4), 3)
+    ds = mha_dataset(rng.random((layers, nodes, labels)) < 0.3, head, rng.random((3, 4, 9)) < 0.4)
+    for name in ("snp_mha", "head_snp_mha"):
+        values = ds[name].values
+        values[...] = rng.uniform(-1, 1, values.shape).astype(np.float32)
+        values[rng.random(values.shape) < 0.2] = np.float32(theta)
+        values[rng.random(values.shape) < 0.1] = np.nextafter(np.float32(theta), np.float32(1))
+    m = ds["snp_mha"].values
+    m[0, -2:] = np.nan  # padding
+    m[1, 0, np.arange(labels), np.arange(labels)] = np.nan  # a real node with a NaN diagonal
+    got = order.head_symmetry(ds, theta, permutations=40, seed=1)
+    monkeypatch.setattr(symmetry_module, "_recognised", oracle_recognised)
+    want = order.head_symmetry(ds, theta, permutations=40, seed=1)
+    xr.testing.assert_identical(got, want)
+    assert got["counts"].sum() > 0 and (got["head_labels"] > 0).any()

@@ -19,14 +19,70 @@ as computed: ``inf`` for a node with clusters and no noise, NaN for a node witho
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import xarray as xr
 
-from statmech_nn.order.clusters import node_clusters
-from statmech_nn.order.schema import kinds, node_matrices, valid_nodes
-from statmech_nn.snp.dataset import binarize
+from statmech_nn.naming import check_theta, exceeds
+from statmech_nn.order.clusters import NodeClusters, clusters_of, node_summary
+from statmech_nn.order.schema import kinds, node_matrices
 
 SNR_VARIANTS = ("labels", "elements", "per_cluster")
+
+# Budget, in matrix elements, of one chunk of nodes binarised at once (8 MiB of flags).
+CHUNK_ELEMENTS = 1 << 23
+
+
+def layer_values(matrices: xr.DataArray, layer: int) -> np.ndarray:
+    """One layer's ``(node, label_true, label_out)`` matrices: a view, or one layer loaded."""
+    return np.asarray(matrices.isel(layer=layer).values)
+
+
+def _node_chunks(n_nodes: int, n_labels: int) -> Iterator[slice]:
+    step = max(1, CHUNK_ELEMENTS // max(1, n_labels * n_labels))
+    for start in range(0, n_nodes, step):
+        yield slice(start, min(start + step, n_nodes))
+
+
+def real_nodes(values: np.ndarray) -> np.ndarray:
+    """``(node,)`` bool: not all-NaN padding; only nodes with an all-NaN diagonal are scanned."""
+    valid = np.ones(values.shape[0], dtype=bool)
+    suspects = np.flatnonzero(np.isnan(np.diagonal(values, axis1=-2, axis2=-1)).all(-1))
+    for chunk in _node_chunks(suspects.size, values.shape[-1]):
+        nodes = suspects[chunk]
+        valid[nodes] = ~np.isnan(values[nodes]).all(axis=(-2, -1))
+    return valid
+
+
+def diagonal_labels(values: np.ndarray, theta: float) -> np.ndarray:
+    """``(node, label)`` bool: ``B_n[l, l]``, binarising the diagonals only."""
+    return exceeds(np.diagonal(values, axis1=-2, axis2=-1), theta)
+
+
+def layer_clusters(values: np.ndarray, theta: float) -> NodeClusters:
+    """:class:`NodeClusters` of one layer's float ``(node, L, L)`` matrices, chunk by chunk.
+
+    Only the column counts need whole binarised matrices (one chunk of nodes at a time); the
+    greedy rule reads the binarised mutual ones at each node's diagonal labels.
+    """
+    n_nodes, n_labels = values.shape[0], values.shape[-1]
+    diagonal = diagonal_labels(values, theta)
+    column_ones = np.empty((n_nodes, n_labels), dtype=np.int64)
+    for chunk in _node_chunks(n_nodes, n_labels):
+        column_ones[chunk] = exceeds(values[chunk], theta).sum(axis=-2)
+
+    def mutual(nodes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        sub = exceeds(values[nodes[:, None, None], labels[:, :, None], labels[:, None, :]], theta)
+        return sub & sub.transpose(0, 2, 1)
+
+    return node_summary(diagonal, clusters_of(diagonal, mutual), column_ones)
+
+
+def _stacked(layers: list[NodeClusters]) -> NodeClusters:
+    return NodeClusters(
+        **{name: np.stack([vars(nc)[name] for nc in layers]) for name in vars(layers[0])}
+    )
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -60,9 +116,13 @@ def site_statistics(ds: xr.Dataset, kind: str, theta: float = 0.3) -> xr.Dataset
     ``*_clustered`` over nodes with at least one cluster, ``*_all`` over all (real) nodes.
     """
     matrices = node_matrices(ds, kind)
-    binary = binarize(matrices, theta)
-    valid = valid_nodes(matrices).values
-    nc = node_clusters(binary.values)
+    theta = check_theta(theta)
+    valid, layers = [], []
+    for layer in range(matrices.sizes["layer"]):  # one layer's matrices in memory at a time
+        values = layer_values(matrices, layer)
+        valid.append(real_nodes(values))
+        layers.append(layer_clusters(values, theta))
+    valid, nc = np.stack(valid), _stacked(layers)
     n_labels = matrices.sizes["label_true"]
 
     signal = nc.signal.astype(float)
@@ -147,7 +207,7 @@ def site_statistics(ds: xr.Dataset, kind: str, theta: float = 0.3) -> xr.Dataset
     out = out.assign_coords(layer=matrices["layer"].values)
     out.attrs = {
         "kind": kind,
-        "theta": float(binary.attrs["theta"]),
+        "theta": theta,
         "snr_variants": list(SNR_VARIANTS),
     }
     if f"acc_{kind}" in ds:

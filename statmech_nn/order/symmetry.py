@@ -15,8 +15,9 @@ import numpy as np
 import xarray as xr
 
 from statmech_nn.errors import SchemaError
-from statmech_nn.order.schema import node_matrices, valid_nodes
-from statmech_nn.snp.dataset import binarize
+from statmech_nn.naming import check_theta
+from statmech_nn.order.schema import node_matrices
+from statmech_nn.order.stats import diagonal_labels, layer_values
 
 _CHUNK = 256
 
@@ -73,6 +74,16 @@ def null_distribution(
     return out
 
 
+def _recognised(matrices: xr.DataArray, theta: float) -> np.ndarray:
+    """``(layer, node, label)`` diagonal labels, binarising only the diagonals, layer by layer.
+
+    NaN padding needs no mask: an all-NaN node has a NaN diagonal, which never exceeds theta.
+    """
+    return np.stack(
+        [diagonal_labels(layer_values(matrices, i), theta) for i in range(matrices.sizes["layer"])]
+    )
+
+
 def _jaccard(sets: np.ndarray) -> np.ndarray:
     """Mean pairwise Jaccard of boolean ``sets[..., H, L]``; pairs with empty union skipped."""
     n_heads = sets.shape[-2]
@@ -119,9 +130,7 @@ def head_symmetry(
     if head.ndim != 1:
         raise SchemaError(f"snp_{kind}: the 'head' coordinate must be 1-D over nodes")
     n_heads = int(head.max()) + 1
-    binary = binarize(matrices, theta).values
-    valid = valid_nodes(matrices).values
-    diagonal = np.diagonal(binary, axis1=-2, axis2=-1) & valid[..., None]
+    diagonal = _recognised(matrices, check_theta(theta))
 
     counts = expertise(diagonal, head, n_heads)
     total = counts.sum(-2, keepdims=True)
@@ -175,10 +184,8 @@ def head_symmetry(
     )
     head_name = f"head_snp_{kind}"
     if head_name in ds:
-        head_binary = binarize(
-            ds[head_name].transpose("layer", ..., "label_true", "label_out"), theta
-        )
-        head_diag = np.diagonal(head_binary.values, axis1=-2, axis2=-1)
+        head_matrices = ds[head_name].transpose("layer", ..., "label_true", "label_out")
+        head_diag = _recognised(head_matrices, check_theta(theta))
         out["head_diagonal"] = (("layer", "head", "label"), head_diag)
         out["head_labels"] = (("layer", "head"), head_diag.sum(-1))
         out["jaccard"] = ("layer", _jaccard(head_diag))
