@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 
 from statmech_nn.errors import ConfigError
-from statmech_nn.studies.mlflow_runs import MlflowTarget, _study_run
+from statmech_nn.studies.mlflow_runs import MlflowTarget, MlflowTrialLogger, _study_run
 from statmech_nn.studies.objectives import (
     OBJECTIVES,
     ProblemObjective,
@@ -318,6 +318,10 @@ def _run_and_summarise(
         )  # fmt: skip
         storage = open_storage(storage_url, options.heartbeat)
         study = optuna.load_study(study_name=study_name, storage=storage)
+        if target is not None:
+            # Trials whose worker was killed between Optuna's tell and the MLflow callback (in
+            # this or an earlier invocation) get their one run now.
+            MlflowTrialLogger(target).reconcile(study)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(out_dir) if out_dir is not None else Path(tmp)
             summary = summarize(study, problem, folder, delta=options.delta, seed=options.seed)
