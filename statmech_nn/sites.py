@@ -115,6 +115,11 @@ def auto_sites(model: nn.Module) -> list[Site]:
         i += 1
     if sites:
         return sites
+    from statmech_nn.foreign import family_sites  # HF, timm, torchvision transformers
+
+    sites = family_sites(model)
+    if sites:
+        return sites
     features = modules.get("features")
     if isinstance(features, nn.Sequential):
         k = 0
@@ -195,6 +200,8 @@ def resolve(model: nn.Module, spec: str | Sequence[str] | Sequence[Site] = "all"
 
     Raises :class:`UnknownNameError` listing the available sites and kinds for an unknown item.
     """
+    from statmech_nn.foreign.heads_check import check_heads  # heads only where heads are
+
     if not isinstance(spec, str) and spec and all(isinstance(s, Site) for s in spec):
         sites = list(spec)
     else:
@@ -218,7 +225,8 @@ def resolve(model: nn.Module, spec: str | Sequence[str] | Sequence[Site] = "all"
             elif any(s.name.startswith(item + ".") for s in available):
                 sites.extend(s for s in available if s.name.startswith(item + "."))
             else:
-                sites.append(_module_site(item, modules, kind_counts, available))
+                site = _module_site(item, modules, kind_counts, available)
+                sites.append(check_heads(model, site, available))
     unique = list(dict.fromkeys(sites))
     names = [s.name for s in unique]
     if len(set(names)) != len(names):

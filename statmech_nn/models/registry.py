@@ -75,6 +75,10 @@ def create(
     ``learnable``, ``sine``, ``none`` (models without one accept only the default). ``overrides``
     are any other constructor arguments (e.g. ``attention_dropout=0.0``).
     """
+    if ":" in name:  # hf:, timm:, torchvision: models are built in statmech_nn.foreign
+        from statmech_nn.foreign.models import create_foreign
+
+        return create_foreign(name, num_classes, img_size, positional_embedding, **overrides)
     if name not in _BUILDERS:
         raise _unknown("model", name, names())
     if positional_embedding not in _POSITIONAL_EMBEDDINGS:
