@@ -20,6 +20,7 @@ as computed: ``inf`` for a node with clusters and no noise, NaN for a node witho
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -122,97 +123,127 @@ def site_statistics(ds: xr.Dataset, kind: str, theta: float = 0.3) -> xr.Dataset
         values = layer_values(matrices, layer)
         valid.append(real_nodes(values))
         layers.append(layer_clusters(values, theta))
-    valid, nc = np.stack(valid), _stacked(layers)
-    n_labels = matrices.sizes["label_true"]
+    nodes = _NodeCounts(np.stack(valid), _stacked(layers))
+    out = _per_node_variables(nodes, matrices)
+    _add_site_means(out, nodes)
+    _add_size_histogram(out, nodes, matrices.sizes["label_true"])
+    _add_snr(out, nodes)
+    out = out.assign_coords(layer=matrices["layer"].values)
+    out.attrs = {"kind": kind, "theta": theta, "snr_variants": list(SNR_VARIANTS)}
+    if f"acc_{kind}" in ds:
+        out["accuracy"] = ("layer", ds[f"acc_{kind}"].values)
+    return out
 
-    signal = nc.signal.astype(float)
-    noise = nc.noise.astype(float)
-    elements = nc.in_blocks.astype(float)
-    n_clusters = nc.n_clusters.astype(float)
-    clustered = valid & (n_clusters > 0)
-    exists = nc.sizes > 0
-    pooled_cluster_noise = np.where(exists, nc.cluster_noise, 0).sum(-1).astype(float)
 
-    def per_node(values):
-        return np.where(valid, values, np.nan)
+_SITE_AXIS = 1  # the node axis of (layer, node) arrays
 
+
+class _NodeCounts:
+    """Per-node counts of one site kind, ``(layer, node)`` floats, and which nodes are real."""
+
+    def __init__(self, valid: np.ndarray, nc: NodeClusters) -> None:
+        self.valid = valid
+        self.nc = nc
+        self.signal = nc.signal.astype(float)
+        self.noise = nc.noise.astype(float)
+        self.elements = nc.in_blocks.astype(float)
+        self.n_clusters = nc.n_clusters.astype(float)
+        self.clustered = valid & (self.n_clusters > 0)
+        self.exists = nc.sizes > 0
+        self.pooled_cluster_noise = np.where(self.exists, nc.cluster_noise, 0).sum(-1).astype(float)
+
+    def per_node(self, values: np.ndarray) -> np.ndarray:
+        """``values`` on real nodes, NaN on padding."""
+        return np.where(self.valid, values, np.nan)
+
+    def if_clustered(self, values: np.ndarray) -> np.ndarray:
+        """``values`` on nodes with a cluster, NaN elsewhere."""
+        return np.where(self.clustered, values, np.nan)
+
+
+def _per_node_variables(nodes: _NodeCounts, matrices: xr.DataArray) -> xr.Dataset:
+    """The ``(layer, node)`` and ``(layer, node, label)`` variables of :func:`site_statistics`."""
     dims = ("layer", "node")
     node_coords = {k: v for k, v in matrices.coords.items() if set(v.dims) <= {"layer", "node"}}
-    label = matrices["label_true"].values
-    out = xr.Dataset(
+    nc, valid = nodes.nc, nodes.valid
+    signal, noise, n_clusters = nodes.signal, nodes.noise, nodes.n_clusters
+    return xr.Dataset(
         {
             "valid": (dims, valid),
-            "signal": (dims, per_node(signal)),
-            "noise": (dims, per_node(noise)),
-            "in_blocks": (dims, per_node(elements)),
-            "ones": (dims, per_node(nc.ones.astype(float))),
-            "n_clusters": (dims, per_node(n_clusters)),
-            "mean_cluster_size": (
-                dims,
-                np.where(clustered, signal / np.maximum(n_clusters, 1), np.nan),
-            ),
+            "signal": (dims, nodes.per_node(signal)),
+            "noise": (dims, nodes.per_node(noise)),
+            "in_blocks": (dims, nodes.per_node(nodes.elements)),
+            "ones": (dims, nodes.per_node(nc.ones.astype(float))),
+            "n_clusters": (dims, nodes.per_node(n_clusters)),
+            "mean_cluster_size": (dims, nodes.if_clustered(signal / np.maximum(n_clusters, 1))),
             "diagonal": ((*dims, "label"), nc.diagonal & valid[..., None]),
             "cluster": ((*dims, "label"), np.where(valid[..., None], nc.cluster, -1)),
-            "snr_labels_node": (dims, np.where(clustered, _ratio(signal, noise), np.nan)),
-            "snr_elements_node": (dims, np.where(clustered, _ratio(elements, noise), np.nan)),
+            "snr_labels_node": (dims, nodes.if_clustered(_ratio(signal, noise))),
+            "snr_elements_node": (dims, nodes.if_clustered(_ratio(nodes.elements, noise))),
             "snr_per_cluster_node": (
                 dims,
-                np.where(clustered, _ratio(signal, pooled_cluster_noise), np.nan),
+                nodes.if_clustered(_ratio(signal, nodes.pooled_cluster_noise)),
             ),
         },
-        coords={**node_coords, "label": label},
+        coords={**node_coords, "label": matrices["label_true"].values},
     )
 
-    site_axis = 1
-    out["nodes"] = ("layer", valid.sum(site_axis))
-    out["nodes_clustered"] = ("layer", clustered.sum(site_axis))
-    for name, values in (("signal", signal), ("noise", noise), ("clusters", n_clusters)):
-        out[f"{name}_clustered"] = ("layer", _masked_mean(values, clustered, site_axis))
-        out[f"{name}_all"] = ("layer", _masked_mean(values, valid, site_axis))
-    total_clusters = np.where(valid, n_clusters, 0).sum(site_axis)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out["cluster_size"] = (
-            "layer",
-            np.where(
-                total_clusters > 0,
-                np.where(valid, signal, 0).sum(site_axis) / np.maximum(total_clusters, 1),
-                np.nan,
-            ),
-        )
 
-    sizes = np.where(valid[..., None], nc.sizes, 0)
+def _add_site_means(out: xr.Dataset, nodes: _NodeCounts) -> None:
+    """Node counts and the ``*_clustered`` / ``*_all`` means per layer, and the cluster size."""
+    valid, clustered = nodes.valid, nodes.clustered
+    out["nodes"] = ("layer", valid.sum(_SITE_AXIS))
+    out["nodes_clustered"] = ("layer", clustered.sum(_SITE_AXIS))
+    for name, values in (
+        ("signal", nodes.signal),
+        ("noise", nodes.noise),
+        ("clusters", nodes.n_clusters),
+    ):
+        out[f"{name}_clustered"] = ("layer", _masked_mean(values, clustered, _SITE_AXIS))
+        out[f"{name}_all"] = ("layer", _masked_mean(values, valid, _SITE_AXIS))
+    total_clusters = np.where(valid, nodes.n_clusters, 0).sum(_SITE_AXIS)
+    labels_in_clusters = np.where(valid, nodes.signal, 0).sum(_SITE_AXIS)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        size = np.where(
+            total_clusters > 0, labels_in_clusters / np.maximum(total_clusters, 1), np.nan
+        )
+    out["cluster_size"] = ("layer", size)
+
+
+def _add_size_histogram(out: xr.Dataset, nodes: _NodeCounts, n_labels: int) -> None:
+    """``cluster_size_hist (layer, size)``: clusters of each size over the real nodes."""
+    sizes = np.where(nodes.valid[..., None], nodes.nc.sizes, 0)
     hist = np.stack(
         [np.bincount(s[s > 0], minlength=n_labels + 1)[1:] for s in sizes.reshape(len(sizes), -1)]
     )
     out["cluster_size_hist"] = (("layer", "size"), hist)
-    out = out.assign_coords(size=np.arange(1, n_labels + 1))
+    out.coords["size"] = np.arange(1, n_labels + 1)
 
-    for variant, num, den in (("labels", signal, noise), ("elements", elements, noise)):
-        ratio, mean, zero = _snr_forms(num, den, clustered, site_axis)
-        out[f"snr_{variant}"] = ("layer", ratio)
-        out[f"snr_{variant}_mean"] = ("layer", mean)
-        out[f"snr_{variant}_zero_noise"] = ("layer", zero)
-    units = exists & valid[..., None]
+
+def _add_snr(out: xr.Dataset, nodes: _NodeCounts) -> None:
+    """The three SNR variants per layer, each as a ratio of means, a mean of ratios and the
+    fraction of zero-noise units."""
+    for variant, num, den in (
+        ("labels", nodes.signal, nodes.noise),
+        ("elements", nodes.elements, nodes.noise),
+    ):
+        _put_snr(out, variant, _snr_forms(num, den, nodes.clustered, _SITE_AXIS))
+    units = nodes.exists & nodes.valid[..., None]
     flat = units.reshape(len(units), -1)
-    ratio, mean, zero = _snr_forms(
-        nc.sizes.reshape(len(units), -1).astype(float),
-        nc.cluster_noise.reshape(len(units), -1).astype(float),
+    per_cluster = _snr_forms(
+        nodes.nc.sizes.reshape(len(units), -1).astype(float),
+        nodes.nc.cluster_noise.reshape(len(units), -1).astype(float),
         flat,
-        site_axis,
+        _SITE_AXIS,
     )
-    out["snr_per_cluster"] = ("layer", ratio)
-    out["snr_per_cluster_mean"] = ("layer", mean)
-    out["snr_per_cluster_zero_noise"] = ("layer", zero)
+    _put_snr(out, "per_cluster", per_cluster)
 
-    out = out.assign_coords(layer=matrices["layer"].values)
-    out.attrs = {
-        "kind": kind,
-        "theta": theta,
-        "snr_variants": list(SNR_VARIANTS),
-    }
-    if f"acc_{kind}" in ds:
-        out["accuracy"] = ("layer", ds[f"acc_{kind}"].values)
-    return out
+
+def _put_snr(out: xr.Dataset, variant: str, forms: tuple[Any, Any, Any]) -> None:
+    ratio, mean, zero = forms
+    out[f"snr_{variant}"] = ("layer", ratio)
+    out[f"snr_{variant}_mean"] = ("layer", mean)
+    out[f"snr_{variant}_zero_noise"] = ("layer", zero)
 
 
 def statistics(
