@@ -10,6 +10,7 @@ batched matrix product.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -120,60 +121,25 @@ def head_symmetry(
     the mean pairwise Jaccard of ``D_h``.
     """
     matrices = node_matrices(ds, kind)
-    names = [c for c in (f"head_{kind}", "head") if c in matrices.coords]
-    if not names:
-        raise SchemaError(
-            f"snp_{kind} has no 'head' coordinate on its nodes; head symmetry needs a site "
-            "with heads (kind 'mha')"
-        )
-    head = matrices[names[0]].values.astype(int)
-    if head.ndim != 1:
-        raise SchemaError(f"snp_{kind}: the 'head' coordinate must be 1-D over nodes")
+    head = _head_of_nodes(matrices, kind)
     n_heads = int(head.max()) + 1
     diagonal = _recognised(matrices, check_theta(theta))
-
     counts = expertise(diagonal, head, n_heads)
-    total = counts.sum(-2, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.where(total > 0, counts / total, np.nan)
     q = order_parameter(counts)
     null = null_distribution(diagonal, head, n_heads, permutations, seed)
-    null_mean = null.mean(-1)
-    null_std = null.std(-1, ddof=1) if permutations > 1 else np.full_like(null_mean, np.nan)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(null_std > 0, (q - null_mean) / np.where(null_std > 0, null_std, 1), np.nan)
-    exceed = (null >= q[:, None] - 1e-12).sum(-1)
-    pvalue = np.where(np.isnan(q), np.nan, (1 + exceed) / (1 + permutations))
-    owners = (counts > 0).sum(-2)
-    recognised = owners > 0
-    label = matrices["label_true"].values
     out = xr.Dataset(
         {
             "counts": (("layer", "head", "label"), counts.astype(np.int64)),
-            "p": (("layer", "head", "label"), p),
+            "p": (("layer", "head", "label"), _head_given_label(counts)),
             "Q": ("layer", q),
-            "Q_null": (("layer", "permutation"), null),
-            "Q_null_mean": ("layer", null_mean),
-            "Q_null_std": ("layer", null_std),
-            "Q_z": ("layer", z),
-            "Q_pvalue": ("layer", pvalue),
-            "labels_recognised": ("layer", recognised.sum(-1)),
-            "owned_fraction": (
-                "layer",
-                np.where(
-                    recognised.any(-1),
-                    (owners == 1).sum(-1) / np.maximum(recognised.sum(-1), 1),
-                    np.nan,
-                ),
-            ),
-            "labels_per_head": (("layer", "head"), (counts > 0).sum(-1)),
-            "jaccard_expertise": ("layer", _jaccard(counts > 0)),
+            **_null_comparison(q, null, permutations),
+            **_ownership(counts),
             "head_size": ("head", np.bincount(head, minlength=n_heads)),
         },
         coords={
             "layer": matrices["layer"].values,
             "head": np.arange(n_heads),
-            "label": label,
+            "label": matrices["label_true"].values,
         },
         attrs={
             "kind": kind,
@@ -190,3 +156,60 @@ def head_symmetry(
         out["head_labels"] = (("layer", "head"), head_diag.sum(-1))
         out["jaccard"] = ("layer", _jaccard(head_diag))
     return out
+
+
+def _head_of_nodes(matrices: xr.DataArray, kind: str) -> np.ndarray:
+    """The head index of every node, from the ``head`` coordinate; refused where there is none."""
+    names = [c for c in (f"head_{kind}", "head") if c in matrices.coords]
+    if not names:
+        raise SchemaError(
+            f"snp_{kind} has no 'head' coordinate on its nodes; head symmetry needs a site "
+            "with heads (kind 'mha')"
+        )
+    head = matrices[names[0]].values.astype(int)
+    if head.ndim != 1:
+        raise SchemaError(f"snp_{kind}: the 'head' coordinate must be 1-D over nodes")
+    return head
+
+
+def _head_given_label(counts: np.ndarray) -> np.ndarray:
+    """``p(h | l) = c[h, l] / sum_h c[h, l]``, NaN for labels no node recognises."""
+    total = counts.sum(-2, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, counts / total, np.nan)
+
+
+def _null_comparison(
+    q: np.ndarray, null: np.ndarray, permutations: int
+) -> dict[str, tuple[Any, np.ndarray]]:
+    """The null distribution, its mean and std, the z-score and the permutation p-value."""
+    null_mean = null.mean(-1)
+    null_std = null.std(-1, ddof=1) if permutations > 1 else np.full_like(null_mean, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(null_std > 0, (q - null_mean) / np.where(null_std > 0, null_std, 1), np.nan)
+    exceed = (null >= q[:, None] - 1e-12).sum(-1)
+    pvalue = np.where(np.isnan(q), np.nan, (1 + exceed) / (1 + permutations))
+    return {
+        "Q_null": (("layer", "permutation"), null),
+        "Q_null_mean": ("layer", null_mean),
+        "Q_null_std": ("layer", null_std),
+        "Q_z": ("layer", z),
+        "Q_pvalue": ("layer", pvalue),
+    }
+
+
+def _ownership(counts: np.ndarray) -> dict[str, tuple[Any, np.ndarray]]:
+    """Labels recognised, the fraction owned by one head, labels per head, expertise overlap."""
+    owners = (counts > 0).sum(-2)
+    recognised = owners > 0
+    owned = np.where(
+        recognised.any(-1),
+        (owners == 1).sum(-1) / np.maximum(recognised.sum(-1), 1),
+        np.nan,
+    )
+    return {
+        "labels_recognised": ("layer", recognised.sum(-1)),
+        "owned_fraction": ("layer", owned),
+        "labels_per_head": (("layer", "head"), (counts > 0).sum(-1)),
+        "jaccard_expertise": ("layer", _jaccard(counts > 0)),
+    }
