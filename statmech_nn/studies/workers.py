@@ -21,7 +21,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from statmech_nn.errors import StatmechError
+from statmech_nn.errors import ConfigError, StatmechError
 from statmech_nn.studies.mlflow_runs import MlflowTarget, MlflowTrialLogger
 from statmech_nn.studies.recovery import WORKER_ATTR, recover_dead_trials, worker_tag
 from statmech_nn.studies.storage import Heartbeat, normalize_storage, open_storage
@@ -132,71 +132,93 @@ def run_workers(
     with :class:`WorkerError` after the others finish. Returns counts and the recovered trials.
     """
     if n_trials < 1:
-        raise StatmechError(f"--trials must be at least 1, got {n_trials}")
+        raise ConfigError(f"--trials must be at least 1, got {n_trials}")
     if workers < 1:
-        raise StatmechError(f"--workers must be at least 1, got {workers}")
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
     heartbeat = heartbeat or Heartbeat()
     storage = normalize_storage(storage)
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage, heartbeat))
     recovered = recover_dead_trials(study, max_retry=heartbeat.max_retry)
     start_complete = _n_complete(study)
     n_existing = len(study.get_trials(deepcopy=False))
-    target = start_complete + n_trials
-
-    def job(index: int) -> WorkerJob:
-        return WorkerJob(
+    pool = _Pool(
+        study=study,
+        target=start_complete + n_trials,
+        heartbeat=heartbeat,
+        make_job=lambda index: WorkerJob(
             storage=storage,
             study_name=study_name,
             objective=objective,
-            target_complete=target,
+            target_complete=start_complete + n_trials,
             seed=_worker_seed(seed, n_existing, index),
             token=uuid.uuid4().hex,
             sampler=sampler,
             heartbeat=heartbeat,
             mlflow=mlflow,
-        )
-
-    failures: list[str] = []
-    killed = 0
+        ),
+        restarts_left=workers if max_restarts is None else max_restarts,
+    )
     if workers == 1:
-        run_worker(job(0))
+        run_worker(pool.make_job(0))
     else:
-        ctx = multiprocessing.get_context("spawn")
-        restarts_left = workers if max_restarts is None else max_restarts
-        running: dict[Any, WorkerJob] = {}
-        next_index = 0
-        for _ in range(workers):
-            j = job(next_index)
-            next_index += 1
-            p = ctx.Process(target=_worker_main, args=(j,), name=f"study-worker-{next_index}")
-            p.start()
-            running[p] = j
-        while running:
-            time.sleep(poll_s)
-            for p in [p for p in running if not p.is_alive()]:
-                j = running.pop(p)
-                p.join()
-                if p.exitcode == 0:
-                    continue
-                recovered += recover_dead_trials(study, [j.token], heartbeat.max_retry)
-                if p.exitcode is not None and p.exitcode < 0:
-                    killed += 1
-                    if restarts_left > 0 and _n_complete(study) < target:
-                        restarts_left -= 1
-                        nj = job(next_index)
-                        next_index += 1
-                        np_ = ctx.Process(target=_worker_main, args=(nj,))
-                        np_.start()
-                        running[np_] = nj
-                else:
-                    failures.append(f"{p.name} exited with code {p.exitcode}")
-    if failures:
-        raise WorkerError("study workers failed: " + "; ".join(failures) + " (tracebacks above)")
+        pool.supervise(workers, poll_s)
+    if pool.failures:
+        raise WorkerError(
+            "study workers failed: " + "; ".join(pool.failures) + " (tracebacks above)"
+        )
     end_complete = _n_complete(study)
     return {
         "complete_before": start_complete,
         "complete_after": end_complete,
         "added": end_complete - start_complete,
-        "killed_workers": killed,
-        "recovered_trials": sorted(set(recovered)),
+        "killed_workers": pool.killed,
+        "recovered_trials": sorted(set(recovered + pool.recovered)),
     }
+
+
+@dataclass
+class _Pool:
+    """Worker processes of one study run: started, watched, replaced when killed by a signal."""
+
+    study: optuna.Study
+    target: int
+    heartbeat: Heartbeat
+    make_job: Callable[[int], WorkerJob]
+    restarts_left: int
+    running: dict[Any, WorkerJob] = field(default_factory=dict)
+    next_index: int = 0
+    killed: int = 0
+    recovered: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Start one more worker process."""
+        job = self.make_job(self.next_index)
+        self.next_index += 1
+        ctx = multiprocessing.get_context("spawn")
+        proc = ctx.Process(target=_worker_main, args=(job,), name=f"study-worker-{self.next_index}")
+        proc.start()
+        self.running[proc] = job
+
+    def supervise(self, workers: int, poll_s: float) -> None:
+        """Start ``workers`` processes and wait for all, handling each one that ends."""
+        for _ in range(workers):
+            self.start()
+        while self.running:
+            time.sleep(poll_s)
+            for proc in [p for p in self.running if not p.is_alive()]:
+                self._ended(proc, self.running.pop(proc))
+
+    def _ended(self, proc: Any, job: WorkerJob) -> None:
+        """A worker ended: recover its trials; replace it if a signal killed it."""
+        proc.join()
+        if proc.exitcode == 0:
+            return
+        self.recovered += recover_dead_trials(self.study, [job.token], self.heartbeat.max_retry)
+        if proc.exitcode is None or proc.exitcode >= 0:
+            self.failures.append(f"{proc.name} exited with code {proc.exitcode}")
+            return
+        self.killed += 1
+        if self.restarts_left > 0 and _n_complete(self.study) < self.target:
+            self.restarts_left -= 1
+            self.start()
