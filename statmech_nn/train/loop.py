@@ -76,7 +76,7 @@ class TrainState:
 
     @property
     def model_config(self) -> dict[str, Any]:
-        return dict(self.model.config)
+        return dict(self.model.config)  # type: ignore[arg-type]
 
     @property
     def full_config(self) -> dict[str, Any]:
@@ -177,6 +177,7 @@ def _build_model(config: TrainConfig, device: torch.device) -> nn.Module:
     for key in ("attention_dropout", "stochastic_depth"):
         if getattr(config, key) is not None:
             overrides[key] = getattr(config, key)
+    assert config.num_classes is not None  # filled from the data
     torch.manual_seed(config.seed)
     try:
         model = models.create(
