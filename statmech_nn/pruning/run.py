@@ -248,8 +248,8 @@ def pruned_checkpoint(
     settings: RetrainSettings,
     metrics: Mapping[str, float],
 ) -> dict[str, Any]:
-    """The pruned model as a training-format checkpoint state, with its masks and provenance."""
-    from statmech_nn.train import CHECKPOINT_FORMAT
+    """The pruned model as a checkpoint of training's own layout, with its masks and provenance."""
+    from statmech_nn.train import model_state
 
     ckpt = inputs.checkpoint
     provenance = {
@@ -259,15 +259,14 @@ def pruned_checkpoint(
         "theta": theta,
         **asdict(settings),
     }
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "epoch": settings.epochs,
-        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "model_config": ckpt.model_config,
-        "config": {**ckpt.config, "andc_network": provenance},
-        "masks": {p: m.detach().cpu().bool() for p, m in inputs.masks.items()},
-        "metrics": {k: float(v) for k, v in metrics.items()},
-    }
+    return model_state(
+        settings.epochs,
+        model,
+        ckpt.model_config,
+        {**ckpt.config, "andc_network": provenance},
+        metrics,
+        masks={p: m.detach().cpu().bool() for p, m in inputs.masks.items()},
+    )
 
 
 # -- end to end ----------------------------------------------------------------------------------
