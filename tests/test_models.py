@@ -447,17 +447,17 @@ def test_attention_paths_agree_in_bf16(mode):
 
 def test_attention_path_rule(monkeypatch):
     from statmech_nn.errors import ConfigError
-    from statmech_nn.models import cct
+    from statmech_nn.models import attention, cct
 
     q32 = torch.zeros(1, 1, 2, 4)
     q16 = q32.to(torch.bfloat16)
     meta = torch.zeros(1, 1, 2, 4, dtype=torch.bfloat16, device="meta")
-    monkeypatch.setattr(cct, "native_bf16_cpu", lambda: True)
+    monkeypatch.setattr(attention, "native_bf16_cpu", lambda: True)
     assert cct.uses_matmul_attention(q16)
     assert not cct.uses_matmul_attention(q32) and not cct.uses_matmul_attention(meta)
     assert not cct.uses_matmul_attention(q16.half())
     assert not cct.uses_matmul_attention(q16, "sdpa") and cct.uses_matmul_attention(q32, "matmul")
-    monkeypatch.setattr(cct, "native_bf16_cpu", lambda: False)
+    monkeypatch.setattr(attention, "native_bf16_cpu", lambda: False)
     assert not cct.uses_matmul_attention(q16)
     with pytest.raises(ConfigError, match="attention path"):
         cct.set_attention_path(nn.Sequential(), "flash")
