@@ -25,12 +25,29 @@ def lr_at(config: TrainConfig, t: float) -> float:
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1.0 + math.cos(math.pi * p))
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+class _StepSchedule:
+    """A learning rate per optimiser step: :meth:`apply` sets it, :meth:`step` counts the step."""
+
+    optimizer: torch.optim.Optimizer
+    step_count: int
+
+    def current(self) -> float:
+        """The learning rate of the coming step."""
+        raise NotImplementedError
+
+    def apply(self) -> float:
+        """Give the optimiser the coming step's learning rate; returns it."""
+        lr = self.current()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def step(self) -> None:
+        """Count one optimiser step."""
+        self.step_count += 1
 
 
-class Schedule:
+class Schedule(_StepSchedule):
     """Sets the optimiser's learning rate from :func:`lr_at`; its state is the step count."""
 
     def __init__(self, config: TrainConfig, optimizer: torch.optim.Optimizer, steps: int) -> None:
@@ -45,16 +62,6 @@ class Schedule:
         t = epoch + (i / self.steps_per_epoch if self.config.schedule_per == "iteration" else 0)
         return lr_at(self.config, t)
 
-    def apply(self) -> float:
-        """Give the optimiser the coming step's learning rate; returns it."""
-        lr = self.current()
-        _set_lr(self.optimizer, lr)
-        return lr
-
-    def step(self) -> None:
-        """Count one optimiser step."""
-        self.step_count += 1
-
     def state_dict(self) -> dict[str, int]:
         """The checkpointed state: steps taken and steps per epoch."""
         return {"step": self.step_count, "steps_per_epoch": self.steps_per_epoch}
@@ -64,7 +71,7 @@ class Schedule:
         self.step_count = int(state["step"])
 
 
-class CosineToZero:
+class CosineToZero(_StepSchedule):
     """``lr (1 + cos(pi k / total)) / 2`` at step ``k``: fine-tuning's per-iteration decay to 0."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, lr: float, total: int) -> None:
@@ -76,13 +83,3 @@ class CosineToZero:
     def current(self) -> float:
         """The learning rate of the coming step."""
         return self.lr * (0.5 * (1.0 + math.cos(math.pi * self.step_count / self.total)))
-
-    def apply(self) -> float:
-        """Give the optimiser the coming step's learning rate; returns it."""
-        lr = self.current()
-        _set_lr(self.optimizer, lr)
-        return lr
-
-    def step(self) -> None:
-        """Count one optimiser step."""
-        self.step_count += 1
