@@ -1,4 +1,4 @@
-"""The ``cooperation`` analysis of an SNP run through MLflow: for_run, the CLI and the report part."""
+"""The ``cooperation`` analysis of an SNP run through MLflow: for_run, the CLI, the report."""
 
 from __future__ import annotations
 
