@@ -21,6 +21,7 @@ COMMANDS = (
     "train",
     "snp",
     "order",
+    "cooperation",
     "scaling",
     "study",
     "prune",

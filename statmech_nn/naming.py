@@ -25,6 +25,7 @@ KIND_SCALING = "scaling"
 KIND_STUDY = "study"
 KIND_TRIAL = "trial"
 KIND_ANDC_NETWORK = "andc-network"
+KIND_COOPERATION = "cooperation"
 
 # Layer labels in metric names: ``block3`` (transformer blocks), ``conv4`` (CNN layers),
 # ``layer7`` (anything else).
