@@ -247,6 +247,7 @@ class TransformerClassifier(nn.Module):
         positional_embedding: str,
     ) -> None:
         super().__init__()
+        self.positional_emb: nn.Parameter | None
         if positional_embedding == "learnable":
             self.positional_emb = nn.Parameter(torch.zeros(1, num_tokens, embedding_dim))
         elif positional_embedding == "sine":

@@ -117,12 +117,12 @@ def site_statistics(ds: xr.Dataset, kind: str, theta: float = 0.3) -> xr.Dataset
     """
     matrices = node_matrices(ds, kind)
     theta = check_theta(theta)
-    valid, layers = [], []
+    valid_per_layer, layers = [], []
     for layer in range(matrices.sizes["layer"]):  # one layer's matrices in memory at a time
         values = layer_values(matrices, layer)
-        valid.append(real_nodes(values))
+        valid_per_layer.append(real_nodes(values))
         layers.append(layer_clusters(values, theta))
-    valid, nc = np.stack(valid), _stacked(layers)
+    valid, nc = np.stack(valid_per_layer), _stacked(layers)
     n_labels = matrices.sizes["label_true"]
 
     signal = nc.signal.astype(float)
