@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,7 @@ def label_subsets(n_labels: int, ks: Sequence[int], draws: int, seed: int = 0) -
 class LabelSubset(Dataset):
     """The samples of ``dataset`` whose label is in ``labels``, relabelled to ``0..K-1``."""
 
-    def __init__(self, dataset: Any, labels: Sequence[int]) -> None:
+    def __init__(self, dataset: Any, labels: Iterable[int]) -> None:
         self.dataset = dataset
         self.mapping = {int(l): i for i, l in enumerate(sorted(int(x) for x in labels))}
         targets = getattr(dataset, "targets", None)
@@ -101,7 +101,7 @@ class LabelSubset(Dataset):
         return image, self.targets[index]
 
 
-def subset_splits(splits: Any, labels: Sequence[int], split: str = "test") -> Any:
+def subset_splits(splits: Any, labels: Iterable[int], split: str = "test") -> Any:
     """A copy of ``splits`` cut to ``labels`` (train and ``split``), relabelled ``0..K-1``."""
     labels = sorted(int(x) for x in labels)
     classes = list(getattr(splits, "classes", [str(i) for i in range(max(labels) + 1)]))

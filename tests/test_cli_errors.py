@@ -8,7 +8,6 @@ Optuna study and no file appeared or changed.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import sqlite3
 import subprocess
@@ -19,10 +18,9 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from _tiny import SYNTHETIC
 
 import statmech_nn
-from statmech_nn import cli, models, tracking
+from statmech_nn import cli, tracking
 
 PACKAGE_PARENT = Path(statmech_nn.__file__).resolve().parent.parent
 SNP_TINY = ["--sites", "mha,ff", "--readout-epochs", "1", "--batch-size", "32",
@@ -42,19 +40,6 @@ class Store:
     bad_snp_id: str
 
 
-def _fake_training_run(name: str) -> str:
-    """A training run with checkpoints at epochs 0 and 1 (a seeded untrained 6-label CCT)."""
-    with tracking.run("errors", run_name=name) as active:
-        run_id = active.info.run_id
-        torch.manual_seed(0)
-        model = models.create("cct_2_3x2_32", num_classes=6, img_size=16)
-        config = {**SYNTHETIC, "model": "cct_2_3x2_32", "model_config": dict(model.config)}
-        state = {"model": model.state_dict(), "model_config": dict(model.config), "config": config}
-        for epoch in (0, 1):
-            tracking.log_checkpoint(run_id, {**state, "epoch": epoch}, epoch)
-    return run_id
-
-
 def _snp(train_id: str) -> str:
     from statmech_nn import snp
 
@@ -63,16 +48,18 @@ def _snp(train_id: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Store:
+def store(tmp_path_factory, fake_training_run) -> Store:
     root = tmp_path_factory.mktemp("errors")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         tracking.init_store()
-        train_id = _fake_training_run("good")
+        train_id = fake_training_run((0, 1), seed=0, experiment="errors", run_name="good")
         snp_id = _snp(train_id)
         assert cli.main(["study", "andc", snp_id, "--trials", "2", "--study-name", "existing"]) == 0
-        bad_train_id = _fake_training_run("bad-epoch-0")
+        bad_train_id = fake_training_run(
+            (0, 1), seed=0, experiment="errors", run_name="bad-epoch-0"
+        )
         bad_snp_id = _snp(bad_train_id)
         old = tracking.checkpoint_path(bad_train_id, 0)
         old.write_bytes(old.read_bytes()[: old.stat().st_size // 2])
@@ -86,22 +73,6 @@ def in_store(store, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield store
     tracking.use_store()
-
-
-def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
-    return {
-        str(p.relative_to(folder)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).digest())
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def _runs() -> list[tuple[str, str]]:
-    import mlflow
-
-    tracking.init_store()
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    return sorted((r.info.run_id, r.info.status) for r in runs)
 
 
 def _studies(root: Path) -> list[str]:
@@ -166,34 +137,25 @@ def _argv(store: Store, argv: list[str]) -> list[str]:
     return [a.format(**ids) for a in argv]
 
 
-def _one_line(argv: list[str], capsys, message: str) -> None:
-    code = cli.main(argv)
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert code == 2, captured.err
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith(f"statmech-nn {argv[0]}: error: "), lines[0]
-    assert message in lines[0], lines[0]
-    assert "Traceback" not in captured.err
-
-
-def _unchanged(store: Store, check):
-    runs, studies, files = _runs(), _studies(store.root), _snapshot(store.root)
+def _unchanged(store: Store, check, all_runs, snapshot):
+    runs, studies, files = all_runs(), _studies(store.root), snapshot(store.root)
     check()
-    assert _runs() == runs
+    assert all_runs() == runs
     assert _studies(store.root) == studies
-    assert _snapshot(store.root) == files
+    assert snapshot(store.root) == files
 
 
 @pytest.mark.slow  # the shared store trains SNP readouts and runs a short study first
 @pytest.mark.parametrize(
     "case", [pytest.param(name, id=name, marks=marks) for name, (_, _, marks) in CASES.items()]
 )
-def test_bad_input_is_one_line_and_writes_nothing(in_store, capsys, case):
+def test_bad_input_is_one_line_and_writes_nothing(
+    in_store, capsys, case, one_line_error, all_runs, snapshot
+):
     store = in_store
     argv, message, _ = CASES[case]
     argv = _argv(store, argv)
-    _unchanged(store, lambda: _one_line(argv, capsys, message))
+    _unchanged(store, lambda: one_line_error(argv, capsys, message), all_runs, snapshot)
 
 
 def _raise(exc: BaseException):
@@ -234,10 +196,10 @@ ANY_RUN = "0123456789abcdef0123456789abcdef"
 
 
 @pytest.mark.parametrize("case", list(OS_ERRORS))
-def test_os_errors_are_one_line_naming_the_path(workdir, capsys, monkeypatch, case):
+def test_os_errors_are_one_line_naming_the_path(workdir, capsys, monkeypatch, case, one_line_error):
     make, message = OS_ERRORS[case]
     monkeypatch.setattr(tracking, "init_store", _raise(make(workdir)))
-    _one_line(["order", ANY_RUN], capsys, message.format(root=workdir))
+    one_line_error(["order", ANY_RUN], capsys, message.format(root=workdir))
 
 
 def test_a_bug_still_shows_its_traceback(workdir, monkeypatch):

@@ -19,11 +19,23 @@ try:
 except ImportError:
     from statmech_nn.snp_reference import collect_activations, reference_matrices
 
-pytest.importorskip("transformers")
-pytest.importorskip("timm")
-
+# The optional library each family of foreign models needs (torchvision is a dependency).
+EXTRA = {"hf": "transformers", "timm": "timm"}
 TINY_VITS = ["hf:vit-tiny-digits", "timm:vit-tiny-digits", "torchvision:vit-tiny-digits"]
 LABELS = 4
+needs_hf = pytest.mark.requires("transformers")
+needs_timm = pytest.mark.requires("timm")
+
+
+def by_library(*names: str | tuple[str, ...]) -> list:
+    """Parameters that skip when the library of their model (the first value) is missing."""
+    params = []
+    for values in names:
+        values = values if isinstance(values, tuple) else (values,)
+        family = values[0].split(":")[0]
+        marks = [pytest.mark.requires(EXTRA[family])] if family in EXTRA else []
+        params.append(pytest.param(*values, marks=marks))
+    return params
 
 
 def images(n: int, seed: int) -> TensorDataset:
@@ -32,7 +44,7 @@ def images(n: int, seed: int) -> TensorDataset:
     return TensorDataset(torch.randn(n, 3, 32, 32, generator=gen) + 0.3 * y[:, None, None, None], y)
 
 
-@pytest.mark.parametrize("name", TINY_VITS)
+@pytest.mark.parametrize("name", by_library(*TINY_VITS))
 def test_registry_builds_trainable_classifiers_with_sites(name):
     model = models.create(name, num_classes=LABELS, img_size=32).eval()
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, LABELS)
@@ -47,6 +59,7 @@ def test_registry_builds_trainable_classifiers_with_sites(name):
     assert all(k.startswith("net.") for k in model.state_dict())
 
 
+@needs_hf
 def test_bert6_is_the_nlp_ssb_encoder():
     model = models.create("hf:bert-6", num_classes=3)
     config = model.net.config
@@ -59,7 +72,7 @@ def test_bert6_is_the_nlp_ssb_encoder():
         assert model.eval()(ids).shape == (2, 3)
 
 
-@pytest.mark.parametrize("name", TINY_VITS)
+@pytest.mark.parametrize("name", by_library(*TINY_VITS))
 def test_snp_of_foreign_mha_equals_the_reference(name):
     torch.manual_seed(0)
     model = models.create(name, num_classes=LABELS, img_size=32).eval()
@@ -96,7 +109,7 @@ REFUSED = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("name", "spec"), REFUSED)
+@pytest.mark.parametrize(("name", "spec"), by_library(*REFUSED))
 def test_heads_on_post_projection_channels_are_refused(name, spec):
     model = models.create(name, num_classes=LABELS, img_size=32)
     with pytest.raises(ConfigError) as err:
@@ -105,6 +118,7 @@ def test_heads_on_post_projection_channels_are_refused(name, spec):
     assert "\n" not in message and "'block1.mha'" in message
 
 
+@needs_timm
 def test_heads_that_do_not_divide_the_width_are_refused_and_the_context_is_allowed():
     model = models.create("timm:vit-tiny-digits", num_classes=LABELS)
     with pytest.raises(ConfigError, match="32 channels do not split into 3"):
@@ -123,6 +137,8 @@ def test_missing_extra_is_a_one_line_install_hint(monkeypatch):
         assert str(err.value).count("\n") == 0 and INSTALL_HINT in str(err.value)
 
 
+@needs_hf
+@needs_timm
 def test_unknown_foreign_names():
     with pytest.raises(UnknownNameError, match="named config"):
         models.create("hf:no-such-model-here")
@@ -134,6 +150,8 @@ def test_unknown_foreign_names():
         models.create("keras:x")
 
 
+@needs_hf
+@needs_timm
 def test_load_foreign_state_dicts_and_hf_directories(tmp_path):
     from safetensors.torch import save_file
 

@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("transformers")
-pytest.importorskip("timm")
-
-
-def child(parent: str, name: str):
-    import mlflow
-
-    (run,) = mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.run_name = '{name}'",
-        output_format="list",
-    )
-    return run
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", ["hf:vit-tiny-digits", "timm:vit-tiny-digits", "torchvision:vit-tiny-digits"]
+    "name",
+    [
+        pytest.param("hf:vit-tiny-digits", marks=pytest.mark.requires("transformers")),
+        pytest.param("timm:vit-tiny-digits", marks=pytest.mark.requires("timm")),
+        "torchvision:vit-tiny-digits",
+    ],
 )
-def test_tiny_vit_trains_and_is_analysed_by_heads(name, workdir, capsys):
+def test_tiny_vit_trains_and_is_analysed_by_heads(name, workdir, capsys, child_runs):
     from statmech_nn import cli, tracking
     from statmech_nn.train import TrainConfig, train
 
@@ -47,12 +38,13 @@ def test_tiny_vit_trains_and_is_analysed_by_heads(name, workdir, capsys):
     args += ["--readout-lr", "0.05"]
     args += ["--limit-train", "640", "--limit-eval", "200", "--device", "cpu", "--no-progress"]
     assert cli.main(args) == 0, capsys.readouterr().err
-    snp_run = child(run_id, "snp")
+    (snp_run,) = child_runs(run_id, "snp")
     accuracy = snp_run.data.metrics["acc.readout.ff.block1"]
     assert accuracy > 0.2  # chance is 0.1 on the 10 digits
     assert snp_run.data.metrics["acc.readout.mha.block1"] > 0.2
     assert cli.main(["order", run_id, "--null-permutations", "20"]) == 0, capsys.readouterr().err
-    metrics = child(run_id, "order").data.metrics
+    (order_run,) = child_runs(run_id, "order")
+    metrics = order_run.data.metrics
     assert 0.0 <= metrics["order.Q.block1"] <= 1.0
     assert 0.0 <= metrics["order.Q_null_mean.block1"] <= 1.0
     assert "order.Q_pvalue.block1" in metrics

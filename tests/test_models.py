@@ -13,8 +13,6 @@ from torch import nn
 from statmech_nn import models
 from statmech_nn.errors import CheckpointError, UnknownNameError
 
-vit_cct = pytest.importorskip("vit_pytorch.cct")
-
 # name -> (num_classes, reference parameter count), cct.md section 1 / METHODS.md section 2.
 REFERENCE_PARAMS = {
     "cct_2_3x2_32": (10, 0.284e6),
@@ -46,7 +44,7 @@ def capture(model: nn.Module, paths: list[str], x: torch.Tensor):
     return logits, out
 
 
-def theirs(config: dict, positional_embedding: str) -> nn.Module:
+def theirs(vit_cct, config: dict, positional_embedding: str) -> nn.Module:
     """vit_pytorch's CCT at the configuration of one of ours (its own kwarg names)."""
     return vit_cct.CCT(
         img_size=config["img_size"],
@@ -103,10 +101,10 @@ def test_token_counts(name, img_size, tokens):
         ("cct_7_3x1_32", {"num_layers": 2, "embedding_dim": 64, "img_size": 16}, "learnable"),
     ],
 )
-def test_same_logits_as_vit_pytorch(name, overrides, pe):
+def test_same_logits_as_vit_pytorch(name, overrides, pe, vit_cct):
     torch.manual_seed(0)
     ours = models.create(name, positional_embedding=pe, **overrides).eval()
-    ref = theirs(ours.config, pe).eval()
+    ref = theirs(vit_cct, ours.config, pe).eval()
     assert (
         ours.config["mlp_ratio"]
         == ref.classifier.blocks[0].linear1.out_features / (ours.config["embedding_dim"])
@@ -120,11 +118,11 @@ def test_same_logits_as_vit_pytorch(name, overrides, pe):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
-def test_full_cct_7_3x1_same_logits_and_gradients_as_vit_pytorch():
+def test_full_cct_7_3x1_same_logits_and_gradients_as_vit_pytorch(vit_cct):
     """Training mode without stochastic parts: identical logits and parameter gradients."""
     torch.manual_seed(1)
     ours = models.create("cct_7_3x1_32", attention_dropout=0.0, stochastic_depth=0.0).train()
-    ref = theirs(ours.config, "learnable").train()
+    ref = theirs(vit_cct, ours.config, "learnable").train()
     models.load_weights(ours, ref.state_dict())
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([3, 7])
     F.cross_entropy(ours(x), y).backward()
@@ -134,7 +132,7 @@ def test_full_cct_7_3x1_same_logits_and_gradients_as_vit_pytorch():
         torch.testing.assert_close(p.grad, ref_grads[key].grad, atol=2e-5, rtol=1e-3)
 
 
-def test_sine_table_is_the_reference_formula_and_frozen():
+def test_sine_table_is_the_reference_formula_and_frozen(vit_cct):
     model = models.create("cct_2_3x2_32", positional_embedding="sine")
     pe = model.classifier.positional_emb
     n, d = pe.shape[1:]

@@ -209,6 +209,7 @@ def _pick_theta(ds: xr.Dataset, model) -> tuple[float, dict[str, list[tuple[int,
     raise AssertionError("no threshold gives a non-trivial mask")
 
 
+@pytest.mark.slow  # trains a CCT and two SNP runs first
 def test_prune_network_logs_a_loadable_pruned_checkpoint(trained, capsys):
     import mlflow
 
@@ -265,6 +266,7 @@ def test_prune_network_logs_a_loadable_pruned_checkpoint(trained, capsys):
     assert "outside (0, 1)" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains a CCT and two SNP runs first
 def test_snp_run_readouts_round_trip_and_feed_build_problem(trained):
     import mlflow
 

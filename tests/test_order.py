@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import xarray as xr
-from _tiny import SYNTHETIC
 
 from statmech_nn import order
 from statmech_nn.errors import SchemaError, StatmechError
@@ -424,45 +423,15 @@ def test_bad_datasets():
 # -- the `order` command on MLflow runs ----------------------------------------------------------
 
 
-def fake_training_run(epochs=(0, 1)) -> str:
-    """A training run holding checkpoints of differently seeded untrained tiny CCTs."""
-    import torch
-
-    from statmech_nn import models, tracking
-
-    tracking.init_store()
-    with tracking.run("test", run_name="fake-train") as active:
-        run_id = active.info.run_id
-        for epoch in epochs:
-            torch.manual_seed(epoch)
-            model = models.create("cct_2_3x2_32", num_classes=6, img_size=16)
-            config = {**SYNTHETIC, "model_config": dict(model.config)}
-            state = {
-                "model": model.state_dict(),
-                "model_config": dict(model.config),
-                "config": config,
-                "epoch": epoch,
-            }
-            tracking.log_checkpoint(run_id, state, epoch)
-    return run_id
-
-
-def child_runs(parent: str, name: str):
-    import mlflow
-
-    return mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.run_name = '{name}'",
-        output_format="list",
-    )
-
-
-def test_order_command_logs_metrics_figures_and_training_curve(workdir, capsys):
+@pytest.mark.slow  # the order command over two checkpoints: SNP readouts trained per checkpoint
+def test_order_command_logs_metrics_figures_and_training_curve(
+    workdir, capsys, child_runs, fake_training_run
+):
     from mlflow.tracking import MlflowClient
 
     from statmech_nn import cli, snp
 
-    train_id = fake_training_run()
+    train_id = fake_training_run((0, 1))
     snp.compute_for_run(
         train_id, sites="mha,ff", readout_epochs=1, batch_size=32, device="cpu", progress=False
     )
@@ -506,7 +475,7 @@ def test_order_command_logs_metrics_figures_and_training_curve(workdir, capsys):
     assert "figures/expertise_ff.png" not in figures  # ff nodes have no heads
 
 
-def test_order_command_errors(workdir, capsys):
+def test_order_command_errors(workdir, capsys, fake_training_run):
     from statmech_nn import cli
 
     train_id = fake_training_run(epochs=(0,))

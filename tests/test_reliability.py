@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -141,34 +139,6 @@ def _default_store_afterwards():
     tracking.use_store()
 
 
-def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
-    """Every file under ``folder`` with its mtime and content hash."""
-    return {
-        str(p.relative_to(folder)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).digest())
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def _runs() -> list[tuple[str, str]]:
-    import mlflow
-
-    tracking.init_store()
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    return sorted((r.info.run_id, r.info.status) for r in runs)
-
-
-def _fails_cleanly(argv: list[str], capsys, message: str) -> None:
-    code = cli.main(argv)
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert code == 2, captured.err
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith(f"statmech-nn {argv[0]}: error: "), lines[0]
-    assert message in lines[0], lines[0]
-    assert "Traceback" not in captured.err
-
-
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     return {**env, "PYTHONPATH": str(PACKAGE.parent), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
@@ -261,6 +231,7 @@ def test_sigkill_during_snp_readouts_then_rerun_gives_the_uninterrupted_tensor(s
     _same_tensor(got, reference)
 
 
+@pytest.mark.slow  # the shared store trains a CCT and an SNP run first
 def test_ctrl_c_during_snp_readouts_marks_the_child_killed_without_artifact(store, capsys):
     import mlflow
 
@@ -351,8 +322,11 @@ def _param(name: str):
     return pytest.param(name, id=name, marks=marks)
 
 
+@pytest.mark.slow  # the shared store trains a CCT and an SNP run first
 @pytest.mark.parametrize("case", [_param(name) for name in CASES])
-def test_bad_cli_input_is_one_line_and_changes_nothing(store, capsys, case):
+def test_bad_cli_input_is_one_line_and_changes_nothing(
+    store, capsys, case, all_runs, one_line_error, snapshot
+):
     argv, message = CASES[case]
     empty = store.root / "empty-data"
     empty.mkdir(exist_ok=True)
@@ -360,17 +334,11 @@ def test_bad_cli_input_is_one_line_and_changes_nothing(store, capsys, case):
            "truncated": store.truncated_id, "foreign": store.foreign_id,
            "empty": str(empty)}  # fmt: skip
     argv = [a.format(**ids) for a in argv]
-    runs, files = _runs(), _snapshot(store.root)
-    _fails_cleanly(argv, capsys, message)
-    assert _runs() == runs
-    assert _snapshot(store.root) == files  # no new run folder, cache, report or download
+    runs, files = all_runs(), snapshot(store.root)
+    one_line_error(argv, capsys, message)
+    assert all_runs() == runs
+    assert snapshot(store.root) == files  # no new run folder, cache, report or download
     assert not store.evil_marker.exists()
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 UNREACHABLE = {
@@ -384,6 +352,7 @@ UNREACHABLE = {
 UNREACHABLE_XFAIL: dict[str, str] = {}
 
 
+@pytest.mark.slow  # the shared store trains a CCT and an SNP run first
 @pytest.mark.timeout(15)
 @pytest.mark.parametrize(
     "command",
@@ -398,14 +367,17 @@ UNREACHABLE_XFAIL: dict[str, str] = {}
         for name in UNREACHABLE
     ],
 )
-def test_unreachable_tracking_server_is_a_quick_one_line_error(store, capsys, command):
+def test_unreachable_tracking_server_is_a_quick_one_line_error(
+    store, capsys, command, closed_port, one_line_error, snapshot
+):
     argv = [a.format(train=store.train_id) for a in UNREACHABLE[command]]
-    files = _snapshot(store.root)
-    uri = f"http://127.0.0.1:{_closed_port()}"
-    _fails_cleanly([*argv, "--tracking-uri", uri], capsys, "cannot reach the MLflow tracking")
-    assert _snapshot(store.root) == files
+    files = snapshot(store.root)
+    uri = f"http://127.0.0.1:{closed_port()}"
+    one_line_error([*argv, "--tracking-uri", uri], capsys, "cannot reach the MLflow tracking")
+    assert snapshot(store.root) == files
 
 
+@pytest.mark.slow  # the shared store trains a CCT and an SNP run first
 def test_truncated_and_foreign_netcdf_are_schema_errors_and_stay_untouched(store, tmp_path):
     files = store.root / "files"
     for name, match in (("truncated", "not a readable netCDF"), ("foreign", "not an SNP tensor")):
@@ -528,6 +500,7 @@ def test_package_source_never_unpickles_or_evaluates_untrusted_data():
     assert offenders == [], "unsafe loading:\n" + "\n".join(offenders)
 
 
+@pytest.mark.slow  # the shared store trains a CCT and an SNP run first
 def test_a_checkpoint_with_a_pickled_object_is_refused_without_running_it(store):
     tracking.init_store()
     path = tracking.checkpoint_path(store.evil_id)
@@ -543,10 +516,13 @@ def _outside(store: Store) -> list[str]:
     return sorted(p.name for p in store.outer.iterdir() if p != store.root)
 
 
+@pytest.mark.slow  # the shared store trains a CCT and an SNP run first
 @pytest.mark.parametrize("run_id", ["../../../escaped", "{outer}/abs"])
-def test_report_default_path_from_a_run_id_stays_inside_reports(store, capsys, run_id):
+def test_report_default_path_from_a_run_id_stays_inside_reports(
+    store, capsys, run_id, one_line_error
+):
     run_id = run_id.format(outer=store.outer)
-    _fails_cleanly(["report", run_id, "--no-log"], capsys, "no MLflow run")
+    one_line_error(["report", run_id, "--no-log"], capsys, "no MLflow run")
     assert _outside(store) == []
     assert not (store.root / "reports").exists()
     path = write_report(store.train_id, log=False)
@@ -555,22 +531,25 @@ def test_report_default_path_from_a_run_id_stays_inside_reports(store, capsys, r
     path.parent.rmdir()
 
 
+@pytest.mark.slow  # the shared store trains a CCT and an SNP run first
 @pytest.mark.parametrize("which", ["relative", "absolute"])
-def test_snp_attrs_cannot_move_the_andc_cache_outside_its_root(store, which):
+def test_snp_attrs_cannot_move_the_andc_cache_outside_its_root(store, which, snapshot):
     run_id = store.tampered_ids[which]
-    before = _snapshot(store.root)
+    before = snapshot(store.root)
     with contextlib.suppress(Exception):  # any failure is fine; a write outside is not
         studies.build_problem(run_id, progress=False, device="cpu")
     assert _outside(store) == []
-    new = set(_snapshot(store.root)) - set(before)
+    new = set(snapshot(store.root)) - set(before)
     assert all(p.startswith(str(Path("mlruns") / "andc" / run_id)) for p in new), new
 
 
-def test_study_on_an_snp_tensor_naming_a_path_is_a_one_line_error(store, capsys):
-    _fails_cleanly(["study", "andc", store.tampered_ids["relative"]], capsys, "mlflow_run_id")
+@pytest.mark.slow  # the shared store trains a CCT and an SNP run first
+def test_study_on_an_snp_tensor_naming_a_path_is_a_one_line_error(store, capsys, one_line_error):
+    one_line_error(["study", "andc", store.tampered_ids["relative"]], capsys, "mlflow_run_id")
     assert _outside(store) == []
 
 
+@pytest.mark.slow  # the shared store trains a CCT and an SNP run first
 def test_experiment_run_and_study_names_never_become_paths(store):
     names = ["../../../escaped", str(store.outer / "abs"), "a/../../b"]
     for name in names:

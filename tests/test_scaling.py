@@ -121,27 +121,14 @@ def test_scaling_on_a_tiny_network():
     assert len(sub.test) == 2 * 8
 
 
-def fake_training_run() -> str:
-    from statmech_nn import models, tracking
-
-    tracking.init_store()
-    with tracking.run("test", run_name="fake-train") as active:
-        run_id = active.info.run_id
-        torch.manual_seed(0)
-        model = models.create("cct_2_3x2_32", num_classes=6, img_size=16)
-        config = {**SYNTHETIC, "model_config": dict(model.config)}
-        state = {"model": model.state_dict(), "model_config": dict(model.config)}
-        tracking.log_checkpoint(run_id, {**state, "config": config, "epoch": 1}, 1)
-    return run_id
-
-
-def test_scaling_command(workdir, capsys):
+@pytest.mark.slow  # the scaling command trains SNP readouts for every label subset
+def test_scaling_command(workdir, capsys, fake_training_run):
     import mlflow
     from mlflow.tracking import MlflowClient
 
     from statmech_nn import cli
 
-    run_id = fake_training_run()
+    run_id = fake_training_run(seed=0)
     for labels, message in (
         ("", "empty"),
         ("2,7", "larger than the number of labels"),

@@ -412,12 +412,14 @@ def _fresh_import(statement: str) -> list[str]:
     return [m for m in done.stdout.strip().split(",") if m]
 
 
+@pytest.mark.slow  # fresh interpreters; tests/test_structure.py checks it statically
 @pytest.mark.parametrize("module", SNP_MODULES)
 def test_every_snp_module_imports_alone_first(module):
     """No import cycle: each module imports in a fresh interpreter before any other of ours."""
     _fresh_import(f"import statmech_nn.snp.{module}")
 
 
+@pytest.mark.slow  # fresh interpreters; tests/test_structure.py checks it statically
 def test_the_science_imports_no_io():
     assert _fresh_import("import statmech_nn.snp.engine") == []
     assert "mlflow" not in _fresh_import("import statmech_nn.snp, statmech_nn.order")

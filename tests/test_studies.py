@@ -175,6 +175,7 @@ def test_cli_rejects_an_unknown_storage_scheme_before_touching_anything(workdir,
     assert not (workdir / "mlruns").exists()
 
 
+@pytest.mark.slow  # a study over an SNP run logged to MLflow
 def test_trials_logged_to_mlflow_under_the_study_run(problem_dir, workdir):
     from mlflow.tracking import MlflowClient
 

@@ -108,6 +108,7 @@ def test_hf_set_from_a_save_to_disk_folder(tmp_path):
     assert inputs["input_ids"][:3].tolist() == [CLS_ID, red, UNK_ID]  # test words are not in it
 
 
+@pytest.mark.requires("datasets")
 def test_hf_set_from_a_json_file_with_string_labels_and_word_lists(tmp_path):
     rows = [
         {"tokens": ["alpha", "beta"], "relation": "P2"},

@@ -207,16 +207,10 @@ def test_listing_ignores_partial_temporary_files(workdir):
     assert tracking.load_checkpoint(run.info.run_id).epoch == 1
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(60)
-def test_unreachable_tracking_server_fails_instead_of_hanging(workdir, monkeypatch):
+def test_unreachable_tracking_server_fails_instead_of_hanging(workdir, monkeypatch, closed_port):
     with pytest.raises(TrackingError, match="cannot reach the MLflow tracking server"):
-        tracking.init_store(f"http://127.0.0.1:{_closed_port()}")
+        tracking.init_store(f"http://127.0.0.1:{closed_port()}")
     # A server that accepts connections but never answers: only a read timeout ends the wait.
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))

@@ -57,6 +57,7 @@ def test_learning_rate_schedule_hand_computed():
     assert per_epoch.apply() == 0.0 and opt.param_groups[0]["lr"] == 0.0
 
 
+@pytest.mark.slow  # trains a CCT end to end
 def test_a_run_records_config_metrics_dataset_and_checkpoints(workdir):
     config = tiny(epochs=2, limit_eval=None, seed=5)
     run_id = train(config)
@@ -96,6 +97,7 @@ def final_state_at(run_id: str, epoch: int) -> dict:
     return tracking.read_run_checkpoint(run_id, epoch)[0]
 
 
+@pytest.mark.slow  # trains a CCT end to end
 def test_resume_after_an_interruption_gives_the_uninterrupted_weights(workdir):
     # "basic" augmentation, dropout and stochastic depth all draw random numbers: the resumed run
     # must replay them exactly.
@@ -137,6 +139,7 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(workdir):
     assert_same_tensors(final_state(reference)["model"], theirs["model"])
 
 
+@pytest.mark.slow  # trains a CCT end to end
 def test_mixup_cutmix_smoothing_clipping_and_bf16_train(workdir):
     run_id = train(tiny(epochs=1, limit_train=64, augment="cct", grad_clip=1.0, bf16=True))
     run = tracking.get_run(run_id)
@@ -214,6 +217,7 @@ def test_cli_help_explains_usage(capsys):
         assert needle in text
 
 
+@pytest.mark.slow  # trains a CCT end to end
 def test_resume_skips_a_corrupt_newest_checkpoint(workdir, caplog):
     run_id = train(tiny(epochs=2, limit_train=64))
     good = final_state(run_id)["model"]

@@ -58,6 +58,7 @@ def _assert_equal_weights(run_id: str, reference: dict[str, torch.Tensor]) -> No
         assert torch.equal(final[key], value), key
 
 
+@pytest.mark.slow  # trains in a killed subprocess, resumes, and compares with a reference run
 @pytest.mark.timeout(300)
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(workdir, reference, capsys):
     tracking.init_store()
@@ -77,6 +78,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(workdir, 
     _assert_equal_weights(run_id, reference)
 
 
+@pytest.mark.slow  # trains in a killed subprocess, resumes, and compares with a reference run
 @pytest.mark.timeout(300)
 def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable(workdir, reference, capsys):
     tracking.init_store()

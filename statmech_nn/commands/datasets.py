@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from statmech_nn import data
-from statmech_nn.data.splits import split_sizes
+from statmech_nn.data.splits import dataset_size, split_sizes
 
 DEFAULT_VAL_FRACTION = 0.1
 
@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name} needs no download ({data.spec(name).how_to_get})")
             continue
         splits = data.load(name, root=args.data_root, download=True)
-        print(f"{name}: ready in {data.data_root(args.data_root)} ({len(splits.train)} train)")
+        size = dataset_size(splits.train)
+        print(f"{name}: ready in {data.data_root(args.data_root)} ({size} train)")
     rows = describe(args.data_root)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ class View(Dataset):
     ``targets`` lists the labels without decoding any image, for samplers and label subsets.
     """
 
-    def __init__(self, source: Any, indices: Sequence[int], transform: Callable) -> None:
+    def __init__(self, source: Any, indices: Iterable[int], transform: Callable) -> None:
         self.source = source
         self.indices = [int(i) for i in indices]
         self.transform = transform
@@ -122,9 +122,10 @@ class Splits:
 
     def info(self) -> dict[str, Any]:
         """A JSON-able description of the data a run saw (logged to MLflow by training)."""
+        sizes = {name: dataset_size(getattr(self, name)) for name in SPLIT_NAMES}
         return {
             "name": self.name,
-            "sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
+            "sizes": sizes,
             "num_classes": self.num_classes,
             "img_size": self.img_size,
             "channels": self.channels,
@@ -161,7 +162,13 @@ class Splits:
             name: subset(getattr(self, name), limit, seed + offsets[name])
             for name, limit in limits.items()
         }
-        return dataclasses.replace(self, **cut)
+        return dataclasses.replace(self, train=cut["train"], val=cut["val"], test=cut["test"])
+
+
+def dataset_size(dataset: Dataset) -> int:
+    """``len(dataset)``: our splits are map-style datasets with a length, which torch's
+    ``Dataset`` type does not declare."""
+    return len(cast(Sized, dataset))
 
 
 def subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:

@@ -169,6 +169,7 @@ class TransformerClassifier(nn.Module):
         positional_embedding: str,
     ) -> None:
         super().__init__()
+        self.positional_emb: nn.Parameter | None
         if positional_embedding == "learnable":
             self.positional_emb = nn.Parameter(torch.zeros(1, num_tokens, embedding_dim))
         elif positional_embedding == "sine":
@@ -286,8 +287,9 @@ class CCT(nn.Module):
             positional_embedding,
         )
         self.apply(_init_weights)
-        if positional_embedding == "learnable":
-            nn.init.trunc_normal_(self.classifier.positional_emb, std=0.2)
+        learnable = self.classifier.positional_emb
+        if positional_embedding == "learnable" and learnable is not None:
+            nn.init.trunc_normal_(learnable, std=0.2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.tokenizer(x))

@@ -69,9 +69,15 @@ def checkpoint_data(training_run_id: str, settings: dict[str, Any], epochs: list
     configs = [tracking.load_checkpoint(training_run_id, epoch).config for epoch in epochs]
     config = configs[0] if configs else tracking.load_checkpoint(training_run_id).config
     full = data_for_config(config, augment="none")
-    limits = {"train": settings.get("limit_train")}
+    limits: dict[str, int | None] = {
+        "train": settings.get("limit_train"),
+        "val": None,
+        "test": None,
+    }
     limits[settings["split"]] = settings.get("limit_eval")
-    return full.limited(settings["seed"], **limits)
+    return full.limited(
+        settings["seed"], train=limits["train"], val=limits["val"], test=limits["test"]
+    )
 
 
 def snp_over_checkpoints(

@@ -88,15 +88,15 @@ def _recognised(matrices: xr.DataArray, theta: float) -> np.ndarray:
 def _jaccard(sets: np.ndarray) -> np.ndarray:
     """Mean pairwise Jaccard of boolean ``sets[..., H, L]``; pairs with empty union skipped."""
     n_heads = sets.shape[-2]
-    values, used = [], []
+    pair_values, pair_used = [], []
     for a, b in itertools.combinations(range(n_heads), 2):
         union = (sets[..., a, :] | sets[..., b, :]).sum(-1)
         inter = (sets[..., a, :] & sets[..., b, :]).sum(-1)
-        values.append(np.where(union > 0, inter / np.maximum(union, 1), 0.0))
-        used.append(union > 0)
-    if not values:
+        pair_values.append(np.where(union > 0, inter / np.maximum(union, 1), 0.0))
+        pair_used.append(union > 0)
+    if not pair_values:
         return np.full(sets.shape[:-2], np.nan)
-    values, used = np.stack(values), np.stack(used)
+    values, used = np.stack(pair_values), np.stack(pair_used)
     count = used.sum(0)
     return np.where(count > 0, (values * used).sum(0) / np.maximum(count, 1), np.nan)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -106,10 +107,10 @@ class MlflowTrialLogger:
         if any(run.data.tags.get(LOGGED_TAG) == "1" for run in runs):
             for run in runs:
                 if run.data.tags.get(LOGGED_TAG) != "1":
-                    _retrying(lambda r=run: self.client.delete_run(r.info.run_id))
+                    _retrying(functools.partial(self.client.delete_run, run.info.run_id))
             return
         for run in runs:
-            _retrying(lambda r=run: self.client.delete_run(r.info.run_id))
+            _retrying(functools.partial(self.client.delete_run, run.info.run_id))
         self._log(trial, _metric_names(study))
 
     def reconcile(self, study: optuna.Study) -> int:
@@ -138,8 +139,12 @@ class MlflowTrialLogger:
         token = None
         while True:
             page = _retrying(
-                lambda t=token: self.client.search_runs(
-                    [self.target.experiment_id], filter_string=query, max_results=1000, page_token=t
+                functools.partial(
+                    self.client.search_runs,
+                    [self.target.experiment_id],
+                    filter_string=query,
+                    max_results=1000,
+                    page_token=token,
                 )
             )
             found.extend(page)

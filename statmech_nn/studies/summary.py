@@ -6,6 +6,7 @@ random-control curve); :func:`log_summary` logs them to the study's MLflow run.
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,9 @@ from statmech_nn.pruning import random_control_curve
 from statmech_nn.studies.mlflow_runs import _retrying
 from statmech_nn.studies.objectives import METRICS_ATTR
 from statmech_nn.studies.problem import AndcProblem
+
+DEFAULT_CONTROL_THETAS: tuple[float, ...] = tuple(np.round(np.linspace(0.05, 0.95, 19), 4).tolist())
+"""The thresholds of the random-control curve unless a study asks for others."""
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -121,9 +125,8 @@ def summarize(
     front_numbers = {t.number for t in best_trials(study)}
     front = [r for r in rows if r["number"] in front_numbers]
     best = choose_best(front, problem.base_accuracy, delta)
-    if control_thetas is None:
-        control_thetas = np.round(np.linspace(0.05, 0.95, 19), 4)
-    control = random_control_curve(problem.cache, problem.diag, control_thetas, draws, seed)
+    thetas = DEFAULT_CONTROL_THETAS if control_thetas is None else control_thetas
+    control = random_control_curve(problem.cache, problem.diag, thetas, draws, seed)
     best_out = None
     if best is not None:
         best_out = {
@@ -163,7 +166,7 @@ def log_summary(client: Any, run_id: str, summary: Mapping[str, Any], out_dir: s
     """Log the summary's files as artifacts (``study/``) and its best point as metrics."""
     out_dir = Path(out_dir)
     for name in summary["files"]:
-        _retrying(lambda n=name: client.log_artifact(run_id, str(out_dir / n), "study"))
+        _retrying(functools.partial(client.log_artifact, run_id, str(out_dir / name), "study"))
     best = summary.get("best")
     _retrying(lambda: client.log_metric(run_id, "andc.base_accuracy", summary["base_accuracy"]))
     _retrying(lambda: client.log_metric(run_id, "study.n_complete", summary["n_complete"]))
