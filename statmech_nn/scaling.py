@@ -194,6 +194,7 @@ def scaling(
         for d in range(draws):
             labels = subsets.values[i, d, :k]
             ds = snp.compute(model, subset_splits(splits, labels, split), sites=[site], **options)
+            assert isinstance(ds, xr.Dataset)  # no readouts asked for
             kind = order.kinds(ds)[0]
             st = order.site_statistics(ds, kind, theta)
             values["accuracy"][i, d] = float(ds[f"acc_{kind}"].values[0])

@@ -109,4 +109,5 @@ def snp_over_checkpoints(
         ds = snp.compute(
             ckpt.model, splits, device=device, progress=progress, attrs=attrs, **settings
         )
+        assert isinstance(ds, xr.Dataset)  # no readouts asked for
         yield epoch, ds

@@ -178,6 +178,7 @@ def _figures(ds: xr.Dataset, analysis: _Analysis, options: OrderOptions, folder:
     paths = [figures.depth_profile(analysis.stats, folder / "depth.png", options.snr)]
     for kind, st in analysis.stats.items():
         binary = order.binarize(order.node_matrices(ds, kind), options.theta)
+        assert isinstance(binary, xr.DataArray)  # a DataArray in, a DataArray out
         binary = binary.assign_coords(valid=st["valid"])
         paths.append(
             figures.node_gallery(binary, folder / f"gallery_{kind}.png", options.gallery_nodes)
