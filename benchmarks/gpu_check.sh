@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# One GPU check of the whole pipeline (run on a CUDA machine from the repository root):
-# the demo on CUDA (AMP training, SNP, order over checkpoints, ANDC study, report), then the
-# reference-sized CCT-7/3x1 with the CIFAR-100 recipe on the procedural 100-class dataset.
+# One GPU check of issue 11 in one go (run on a CUDA machine from the repository root, < 10 min):
+# readouts on the activation cache (batched and separate) on CUDA, the bf16 training step on
+# CUDA against vit-pytorch, order parameters at 100 and 1000 labels, and checkpoint sizes of a
+# 300-epoch CCT-7/3x1 run. PIPELINE=1 first runs the whole pipeline as before (demo on CUDA,
+# CCT-7/3x1 with the CIFAR-100 recipe, SNP of its 14 sites; about 5 more minutes).
 # Usage: OUT=/some/dir bash benchmarks/gpu_check.sh   (wheels in .whl/ are installed first if present)
+# Each section has its own timeout; the sum of the issue-11 ones is 510 s.
 set -uo pipefail
 REPO=$PWD
 OUT=${OUT:-/tmp/gpu_check}
@@ -15,6 +18,9 @@ fi
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, xarray, mlflow, optuna; print('torch', torch.__version__, 'xarray', xarray.__version__, 'mlflow', mlflow.__version__, 'optuna', optuna.__version__)" | tee -a "$OUT/gpu.txt"
+START=$(date +%s)
+if [ "${PIPELINE:-0}" = 1 ]; then
+(
 work=$(mktemp -d)
 cd "$work" || exit 1
 SECONDS=0
@@ -39,6 +45,9 @@ for r in mlflow.search_runs(search_all_experiments=True, output_format="list"):
     print(r.info.run_name, r.info.status, keep)
 PY
 ls reports 2>/dev/null && cp reports/*.html "$OUT/" 2>/dev/null
+)
+fi
+cd "$REPO" || exit 1
 # -- readouts on the activation cache (issue 11 item 1-2): 14 CCT-7/3x1 sites, E = 20, cached and
 # batched vs today's loop, all three readouts (about 2 minutes on an H100); then seqpool unbatched
 # (cached, one readout per site) for the batched-vs-separate step time.
@@ -53,4 +62,21 @@ SECONDS=0
     --uncached-epochs 2 --out "$OUT/readout_cache_gpu_separate.json") 2>&1 \
     | tee "$OUT/readout_cache_gpu_separate.log" | grep -v "^  \["
 echo "readout cache (separate): ${SECONDS}s rc=${PIPESTATUS[0]}" | tee -a "$OUT/gpu.txt"
+# -- bf16 training step on CUDA (issue 11 item 3): ours vs vit-pytorch bf16 and fp32.
+SECONDS=0
+(cd "$REPO" && PYTHONPATH=$REPO:${PYTHONPATH:-} timeout 90 python3 benchmarks/train_throughput.py \
+    --device cuda --dtype bf16 --fp32-baseline --batch 128 --rounds 5 --steps 10 --modes train \
+    --out "$OUT/train_bf16_gpu.json") 2>&1 | tee "$OUT/train_bf16_gpu.log" | tail -8
+echo "train bf16 (cuda): ${SECONDS}s rc=${PIPESTATUS[0]}" | tee -a "$OUT/gpu.txt"
+# -- order parameters, 7 x 256 nodes, 100 vs 1000 labels (issue 11 item 4; numpy, host CPUs).
+SECONDS=0
+(cd "$REPO" && PYTHONPATH=$REPO:${PYTHONPATH:-} timeout 120 python3 benchmarks/order_scale.py \
+    --repeats 1 --out "$OUT/order_scale.json") 2>&1 | tee "$OUT/order_scale.log" | tail -6
+echo "order scale: ${SECONDS}s rc=${PIPESTATUS[0]}" | tee -a "$OUT/gpu.txt"
+# -- checkpoint bytes of a 300-epoch CCT-7/3x1 run (issue 11 item 5; sizes, device-independent).
+SECONDS=0
+(cd "$REPO" && PYTHONPATH=$REPO:${PYTHONPATH:-} timeout 60 python3 benchmarks/checkpoint_size.py \
+    --out "$OUT/checkpoint_size.json") 2>&1 | tee "$OUT/checkpoint_size.log" | tail -3
+echo "checkpoint size: ${SECONDS}s rc=${PIPESTATUS[0]}" | tee -a "$OUT/gpu.txt"
+echo "total: $(( $(date +%s) - START ))s" | tee -a "$OUT/gpu.txt"
 exit 0

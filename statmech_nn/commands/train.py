@@ -30,6 +30,7 @@ _CONFIG_FLAGS = (
     "grad_clip",
     "val_fraction",
     "checkpoint_every",
+    "keep_resume",
     "limit_train",
     "limit_eval",
     "attention_dropout",
@@ -157,6 +158,12 @@ def _add_how(how: Any) -> None:
     how.add_argument("--val-fraction", type=float, help="fraction of train held out (0.1)")
     how.add_argument(
         "--checkpoint-every", type=int, help="checkpoint every N epochs (default 1; last always)"
+    )
+    how.add_argument(
+        "--keep-resume",
+        type=int,
+        metavar="N",
+        help="keep the full resume state of the newest N checkpoints, weights alone of older (2)",
     )
     how.add_argument("--limit-train", type=int, metavar="N", help="train on N random samples")
     how.add_argument(

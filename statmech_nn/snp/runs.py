@@ -121,7 +121,7 @@ def load_from_run(run_id: str, tracking_uri: str | None = None) -> xr.Dataset:
         except Exception as exc:
             missing = f"run {snp_run_id} has no artifact {ARTIFACT_PATH} ({exc})"
             raise TrackingError(missing) from exc
-        return load(local)
+        return load(local, lazy=False)
 
 
 def load_readouts(

@@ -9,6 +9,7 @@ MLflow runs that log these files are in :mod:`statmech_nn.snp.runs`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +29,9 @@ __all__ = [
     "READOUTS_FILE",
     "READOUTS_META",
     "READOUTS_SCHEMA",
+    "describe",
     "load",
+    "matrix_chunks",
     "read_readouts",
     "save",
     "save_readouts",
@@ -40,22 +43,110 @@ READOUTS_META = "readouts.json"
 READOUTS_SCHEMA = "statmech-nn.readouts/1"
 
 
+CHUNK_BYTES = 16 * 2**20
+"""Largest stored chunk of a matrix variable: one layer's matrices, or an even node block."""
+
+COMPRESS_MIN_BYTES = 64 * 2**10
+"""Non-matrix variables smaller than this are stored contiguous, without compression."""
+_MATRIX_DIMS = ("label_true", "label_out")
+_FLOAT32 = ("snp_", "head_snp_", "scale_")
+_NAMES = {
+    "snp_": ("single-node matrix M / max(M) of the {kind} nodes", "1"),
+    "head_snp_": ("single-head matrix M / max(M) of the {kind} heads", "1"),
+    "scale_": ("signed maximum max(M) of each {kind} node's raw matrix", "1"),
+    "acc_": ("readout test accuracy on the {kind} site", "1"),
+    "node_count_": ("nodes of the {kind} site", "nodes"),
+}
+_COORD_NAMES = {
+    "layer": "layer (block or convolution index)",
+    "node": "node (channel)",
+    "head": "attention head of the channel",
+    "label_true": "true label",
+    "label_out": "output label",
+    "label_name_true": "name of the true label",
+    "label_name_out": "name of the output label",
+    "count_label": "test samples per true label",
+}
+
+
+def _description(name: str) -> tuple[str, str | None] | None:
+    """The ``long_name`` (and ``units``) of variable or coordinate ``name``; None if unknown."""
+    for prefix in sorted(_NAMES, key=len, reverse=True):
+        if name.startswith(prefix):
+            text, units = _NAMES[prefix]
+            return text.format(kind=name[len(prefix) :]), units
+    base = name.split("_")[0] if name.startswith(("node_", "head_")) else name
+    if name == "count_label":
+        return _COORD_NAMES[name], "samples"
+    if base in _COORD_NAMES:
+        return _COORD_NAMES[base] + (f" ({name[len(base) + 1 :]})" if base != name else ""), None
+    return None
+
+
+def describe(ds: xr.Dataset) -> xr.Dataset:
+    """A shallow copy of ``ds`` whose variables and coords carry ``long_name`` (and ``units``).
+
+    Names already set are kept; ``.plot()`` uses them to label its axes.
+    """
+    out = ds.copy(deep=False)
+    for name in [*out.coords, *out.data_vars]:
+        found = _description(str(name))
+        if found is None:
+            continue
+        attrs = dict(out[name].attrs)
+        attrs.setdefault("long_name", found[0])
+        if found[1] is not None:
+            attrs.setdefault("units", found[1])
+        out[name].attrs = attrs
+    return out
+
+
+def matrix_chunks(shape: Sequence[int], itemsize: int = 4) -> tuple[int, ...]:
+    """Chunks of a ``(layer, node, label, label)`` variable: one layer's whole matrices.
+
+    Above :data:`CHUNK_BYTES` per layer, the nodes are cut into equal blocks that fit.
+    """
+    layers, nodes, rows, cols = shape
+    fitting = max(CHUNK_BYTES // max(rows * cols * itemsize, 1), 1)  # nodes per chunk at most
+    blocks = max(math.ceil(nodes / fitting), 1)
+    return (min(layers, 1), max(math.ceil(nodes / blocks), 1), rows, cols)
+
+
+def _stored_bytes(name: str, var: xr.DataArray) -> int:
+    return var.size * (4 if name.startswith(_FLOAT32) else var.dtype.itemsize)
+
+
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
-    """netCDF encoding: zlib level 4 for float variables, matrices and scales as float32."""
+    """netCDF encoding: matrices and scales float32; zlib 4 with shuffle on matrices by layer.
+
+    Matrix variables are chunked by layer (:func:`matrix_chunks`) and compressed; other
+    variables only from :data:`COMPRESS_MIN_BYTES` on, as each chunked variable costs HDF5 a few
+    KB of chunk index, more than zlib saves on a small one.
+    """
     enc: dict[str, dict[str, Any]] = {}
-    for name, var in ds.data_vars.items():
-        if var.dtype.kind == "f":
-            enc[str(name)] = {"zlib": True, "complevel": 4}
-            if str(name).startswith(("snp_", "head_snp_", "scale_")):
-                enc[str(name)]["dtype"] = "float32"
+    for key, var in ds.data_vars.items():
+        name = str(key)
+        entry: dict[str, Any] = {"dtype": "float32"} if name.startswith(_FLOAT32) else {}
+        matrix = var.ndim == 4 and var.dims[2:] == _MATRIX_DIMS
+        large = var.dtype.kind in "fiu" and _stored_bytes(name, var) >= COMPRESS_MIN_BYTES
+        if var.size and (matrix or large):
+            entry.update(zlib=True, complevel=4, shuffle=True)
+            entry["chunksizes"] = matrix_chunks(var.shape) if matrix else tuple(var.shape)
+        if entry:
+            enc[name] = entry
     return enc
 
 
 def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
-    """Write ``ds`` as netCDF (h5netcdf, float32, zlib) atomically: temp file, then rename."""
+    """Write ``ds`` as netCDF (h5netcdf, float32, zlib + shuffle) atomically: temp, then rename.
+
+    Each variable carries a ``long_name`` (:func:`describe`); matrices are stored in chunks of
+    one layer's matrices (:func:`matrix_chunks`), the unit every analysis reads.
+    """
     validate(ds)
+    described = describe(ds)
     with atomic_path(path) as tmp:
-        ds.to_netcdf(tmp, engine="h5netcdf", encoding=_encoding(ds))
+        described.to_netcdf(tmp, engine="h5netcdf", encoding=_encoding(described))
     return Path(path)
 
 
@@ -93,24 +184,41 @@ def validate(ds: xr.Dataset) -> None:
             raise SchemaError(f"SNP tensor lacks the attr {attr!r}")
 
 
-def load(path: str | os.PathLike) -> xr.Dataset:
-    """Read an SNP netCDF (h5netcdf) fully into memory and validate it (:class:`SchemaError`)."""
+def load(path: str | os.PathLike, *, lazy: bool = True) -> xr.Dataset:
+    """Open an SNP netCDF (h5netcdf) and validate it (:class:`SchemaError`).
+
+    ``lazy`` (default): the file stays open and values are read when used, so a large tensor
+    costs only what is looked at; close it with ``ds.close()`` or ``with snp.load(p) as ds``.
+    ``lazy=False`` reads everything into memory and closes the file (for a file about to go).
+    """
     target = Path(path)
     if not target.exists():
         raise FileNotFoundError(f"no SNP tensor at {target}")
     try:
-        with xr.open_dataset(target, engine="h5netcdf") as opened:
-            ds = opened.load()
+        ds = xr.open_dataset(target, engine="h5netcdf")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SchemaError(f"{target} is not a readable netCDF file ({exc})") from exc
+    try:
+        _fix_list_attrs(ds)
+        validate(ds)
+        if not lazy:
+            ds.load()
+    except BaseException:
+        ds.close()
+        raise
+    if not lazy:
+        ds.close()
+    return ds
+
+
+def _fix_list_attrs(ds: xr.Dataset) -> None:
+    """The ``sites`` / ``kinds`` attrs as lists of str (netCDF stores a single one as a str)."""
     for attr in _LIST_ATTRS:
         value = ds.attrs.get(attr)
         if isinstance(value, str):
             ds.attrs[attr] = [value]
         elif value is not None:
             ds.attrs[attr] = [str(v) for v in np.atleast_1d(value)]
-    validate(ds)
-    return ds
 
 
 def save_readouts(readouts: Mapping[str, Readout], folder: str | os.PathLike) -> list[Path]:

@@ -32,7 +32,11 @@ from statmech_nn.tracking.checkpoints import (
     model_config_of,
     read_checkpoint,
     read_run_checkpoint,
+    read_weights,
+    retain_resume_states,
     save_checkpoint,
+    save_weights,
+    weights_name,
 )
 
 # The old private name, still used by callers outside this package.
@@ -82,10 +86,14 @@ __all__ = [
     "open_store",
     "read_checkpoint",
     "read_run_checkpoint",
+    "read_weights",
+    "retain_resume_states",
     "resolve_uri",
     "run",
     "save_checkpoint",
+    "save_weights",
     "sweep_dead_runs",
     "use_store",
+    "weights_name",
     "_local_artifact_dir",
 ]

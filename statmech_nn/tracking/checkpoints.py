@@ -1,12 +1,22 @@
-"""Checkpoints as run artifacts: atomic writes, listing, reading without pickle, rebuilt models."""
+"""Checkpoints as run artifacts: atomic writes, listing, reading without pickle, rebuilt models.
+
+Two stored forms, both read everywhere: ``epoch_EEEE.pt``, a full resume state (weights,
+optimiser moments, schedule, scaler, RNGs; read with ``weights_only=True``), and
+``epoch_EEEE.safetensors``, the weights alone with the run and model configs as JSON in the
+safetensors metadata (no pickle; memory-mapped reads). A training run keeps the full state of its
+newest ``keep_resume`` checkpoints only (TrainConfig, default 2) and rewrites older ones as
+weights-only files as it logs new ones: a 300-epoch CCT-7/3x1 run then stores about a third of
+the bytes (benchmarks/results_checkpoint_size.md).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,30 +25,98 @@ from urllib.parse import unquote, urlparse
 import torch
 
 from statmech_nn.errors import CheckpointError
-from statmech_nn.fileio import atomic_write, atomic_write_text
+from statmech_nn.fileio import atomic_write, atomic_write_text, fsync_dir
 from statmech_nn.tracking.runs import get_run
 from statmech_nn.tracking.uris import client, first_line
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_NAME = "config.json"
-CHECKPOINT_RE = re.compile(r"^epoch_(\d{4,})\.pt$")
-"""The artifact name of a complete checkpoint (temporary files are hidden ``.epoch_*.tmp``)."""
+FULL_SUFFIX = ".pt"
+WEIGHTS_SUFFIX = ".safetensors"
+CHECKPOINT_RE = re.compile(r"^epoch_(\d{4,})(\.pt|\.safetensors)$")
+"""The artifact name of a complete checkpoint, either form (temporary files are hidden)."""
+DEFAULT_KEEP_RESUME = 2
+"""Full resume states a training run keeps when its config does not say (``keep_resume``)."""
+_META_JSON = ("model_config", "config", "metrics")
+_META_PLAIN = ("format", "epoch")
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically: temporary file in the same folder, fsync, rename.
 
     A reader sees either the old file or the complete new one, never a partial write. Temporary
-    files are hidden (``.name.*.tmp``) and removed on error.
+    files are hidden (``.name.*.tmp``) and removed on error. A ``.safetensors`` path stores the
+    weights alone (:func:`save_weights`); any other path the whole state with ``torch.save``.
     """
+    if Path(path).suffix == WEIGHTS_SUFFIX:
+        return save_weights(state, path)
     return atomic_write(path, lambda fh: torch.save(dict(state), fh))
 
 
+def _weight_tensors(state: Mapping[str, Any], where: str) -> dict[str, torch.Tensor]:
+    """The ``model`` tensors of a state as contiguous CPU copies (safetensors shares no memory)."""
+    weights = state.get("model")
+    if not isinstance(weights, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in weights.values()
+    ):
+        raise CheckpointError(
+            f"checkpoint {where} holds no tensor-only model weights ('model') to store as "
+            "safetensors"
+        )
+    return {str(k): v.detach().cpu().contiguous().clone() for k, v in weights.items()}
+
+
+def _weights_metadata(state: Mapping[str, Any]) -> dict[str, str]:
+    """The non-tensor entries a weights-only file keeps, as safetensors string metadata."""
+    meta = {k: str(state[k]) for k in _META_PLAIN if k in state}
+    meta.update({k: json.dumps(state[k], sort_keys=True) for k in _META_JSON if k in state})
+    return meta
+
+
+def save_weights(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write the weights of ``state`` as safetensors, its configs as JSON metadata, atomically."""
+    from safetensors.torch import save as to_bytes
+
+    tensors = _weight_tensors(state, str(path))
+    payload = to_bytes(tensors, metadata=_weights_metadata(state))
+    return atomic_write(path, lambda fh: fh.write(payload))
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, Any]:
+    """A weights-only checkpoint as a state dict (``model``, ``epoch``, configs), memory-mapped."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            meta = fh.metadata() or {}
+            model = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
+        state: dict[str, Any] = {k: json.loads(meta[k]) for k in _META_JSON if k in meta}
+    except Exception as exc:  # truncated header, bad JSON
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({first_line(exc)}); resume from an "
+            "earlier epoch or retrain"
+        ) from exc
+    if "format" in meta:
+        state["format"] = meta["format"]
+    if "epoch" in meta:
+        state["epoch"] = int(meta["epoch"])
+    state["model"] = model
+    return state
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; :class:`CheckpointError` if unreadable."""
+    """Load a checkpoint of either form without pickle; :class:`CheckpointError` if unreadable.
+
+    ``.pt`` files load with ``weights_only=True``; ``.safetensors`` files (:func:`read_weights`)
+    give ``model``, ``epoch``, ``config``, ``model_config`` and ``metrics`` but no optimiser.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == WEIGHTS_SUFFIX:
+        return read_weights(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, forbidden global
@@ -63,28 +141,49 @@ def local_artifact_dir(run_id: str) -> Path | None:
 
 
 def checkpoint_name(epoch: int) -> str:
-    """The artifact file name of epoch ``epoch``'s checkpoint."""
-    return f"epoch_{epoch:04d}.pt"
+    """The artifact file name of epoch ``epoch``'s full checkpoint."""
+    return f"epoch_{epoch:04d}{FULL_SUFFIX}"
+
+
+def weights_name(epoch: int) -> str:
+    """The artifact file name of epoch ``epoch``'s weights-only checkpoint."""
+    return f"epoch_{epoch:04d}{WEIGHTS_SUFFIX}"
 
 
 def _config_text(config: Any) -> str:
     return json.dumps(config, indent=2, sort_keys=True)
 
 
+def keep_resume_of(state: Mapping[str, Any]) -> int | None:
+    """Full resume states the run of ``state`` keeps; ``None`` (keep all) unless it is resumable."""
+    if "optimizer" not in state or "model" not in state:
+        return None
+    keep = (state.get("config") or {}).get("keep_resume", DEFAULT_KEEP_RESUME)
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise CheckpointError(f"keep_resume must be a whole number >= 1, got {keep!r}")
+    return keep
+
+
 def log_checkpoint(run_id: str, state: Mapping[str, Any], epoch: int) -> str:
     """Store ``state`` as ``checkpoints/epoch_{E:04d}.pt`` of ``run_id`` (plus ``config.json``).
 
     Returns the artifact path. ``state["config"]``, if present, is also written as
-    ``checkpoints/config.json`` so the run's configuration is readable without torch.
+    ``checkpoints/config.json`` so the run's configuration is readable without torch. A full
+    training state (with ``optimizer``) in a local artifact store then rewrites the run's full
+    states older than the newest ``config["keep_resume"]`` (default 2) as weights-only
+    safetensors (:func:`retain_resume_states`); remote stores cannot delete, so they keep all.
     """
     name = checkpoint_name(epoch)
     config = state.get("config")
+    keep = keep_resume_of(state)
     local = local_artifact_dir(run_id)
     if local is not None:
         folder = local / CHECKPOINT_DIR
         if config is not None:
             atomic_write_text(folder / CONFIG_NAME, _config_text(config))
         save_checkpoint(state, folder / name)
+        if keep is not None:
+            retain_resume_states(folder, keep)
     else:
         mlflow_client = client()
         with tempfile.TemporaryDirectory() as tmp:
@@ -97,44 +196,87 @@ def log_checkpoint(run_id: str, state: Mapping[str, Any], epoch: int) -> str:
     return f"{CHECKPOINT_DIR}/{name}"
 
 
-def list_checkpoints(run_id: str) -> list[int]:
-    """Epochs of the complete checkpoints of ``run_id``, ascending (temporary files ignored)."""
+def _by_epoch(names: Sequence[str]) -> dict[int, str]:
+    """Epoch -> checkpoint file name among ``names``; the full state wins over weights-only."""
+    found: dict[int, str] = {}
+    for name in sorted(names, key=lambda n: n.endswith(FULL_SUFFIX)):
+        if m := CHECKPOINT_RE.match(name):
+            found[int(m.group(1))] = name
+    return found
+
+
+def retain_resume_states(folder: str | os.PathLike, keep: int) -> list[int]:
+    """Rewrite the full training states in ``folder`` older than the newest ``keep`` as weights.
+
+    Each is written as ``epoch_EEEE.safetensors`` first, then its ``.pt`` removed, so an
+    interruption leaves both forms (readers take the full one; the next call finishes the job).
+    States that are not resumable or cannot be read are left alone. Returns the epochs rewritten.
+    """
+    folder = Path(folder)
+    full = sorted(e for e, n in _by_epoch(_names_in(folder)).items() if n.endswith(FULL_SUFFIX))
+    rewritten = []
+    for epoch in full[: max(len(full) - keep, 0)]:
+        path = folder / checkpoint_name(epoch)
+        try:
+            state = read_checkpoint(path)
+        except CheckpointError as exc:
+            log.warning("keeping checkpoint %s as it is: %s", path.name, exc)
+            continue
+        if keep_resume_of(state) is None:
+            continue
+        save_weights(state, folder / weights_name(epoch))
+        path.unlink()
+        rewritten.append(epoch)
+    if rewritten:
+        fsync_dir(folder)
+    return rewritten
+
+
+def _names_in(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir()] if folder.is_dir() else []
+
+
+def _checkpoint_files(run_id: str) -> dict[int, str]:
+    """Epoch -> file name of the complete checkpoints of ``run_id`` (temporary files ignored)."""
     local = local_artifact_dir(run_id)
     if local is not None:
-        folder = local / CHECKPOINT_DIR
-        names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
-    else:
-        names = [Path(f.path).name for f in client().list_artifacts(run_id, CHECKPOINT_DIR)]
-    epochs = [int(m.group(1)) for n in names if (m := CHECKPOINT_RE.match(n))]
-    return sorted(epochs)
+        return _by_epoch(_names_in(local / CHECKPOINT_DIR))
+    listed = client().list_artifacts(run_id, CHECKPOINT_DIR)
+    return _by_epoch([Path(f.path).name for f in listed])
+
+
+def list_checkpoints(run_id: str) -> list[int]:
+    """Epochs of the complete checkpoints of ``run_id`` (either form), ascending."""
+    return sorted(_checkpoint_files(run_id))
 
 
 def checkpoint_path(run_id: str, epoch: int | None = None) -> Path:
     """A local file holding the checkpoint of ``epoch`` (default: the last) of ``run_id``.
 
-    Local artifact stores return the file in place; remote ones download it to a temporary
-    folder.
+    The full state if the run still has it, else the weights-only file. Local artifact stores
+    return the file in place; remote ones download it to a temporary folder.
     """
-    epochs = list_checkpoints(run_id)
+    files = _checkpoint_files(run_id)
+    epochs = sorted(files)
     if not epochs:
         raise CheckpointError(
-            f"MLflow run {run_id} has no checkpoints (artifacts {CHECKPOINT_DIR}/epoch_*.pt); "
-            "is it a training run?"
+            f"MLflow run {run_id} has no checkpoints (artifacts {CHECKPOINT_DIR}/epoch_*.pt or "
+            "epoch_*.safetensors); is it a training run?"
         )
     if epoch is None:
         epoch = epochs[-1]
-    if epoch not in epochs:
+    if epoch not in files:
         raise CheckpointError(
             f"MLflow run {run_id} has no checkpoint of epoch {epoch}; it has epochs {epochs}"
         )
     local = local_artifact_dir(run_id)
     if local is not None:
-        return local / CHECKPOINT_DIR / checkpoint_name(epoch)
+        return local / CHECKPOINT_DIR / files[epoch]
     import mlflow
 
     dst = tempfile.mkdtemp(prefix="statmech-ckpt-")
     got = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/{checkpoint_name(epoch)}", dst_path=dst
+        run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/{files[epoch]}", dst_path=dst
     )
     return Path(got)
 

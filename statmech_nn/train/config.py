@@ -30,7 +30,8 @@ class TrainConfig:
     ``label_smoothing=None`` takes the augmentation preset's value. ``limit_train`` /
     ``limit_eval`` keep a seeded random subset of that many samples (smoke tests, quick looks).
     ``schedule_per`` sets whether the learning rate moves every iteration (fractional epochs) or
-    once per epoch (as timm does).
+    once per epoch (as timm does). ``keep_resume``: checkpoints that keep the full resume state
+    (the newest N); older ones keep the weights alone.
     """
 
     model: str = "cct_2_3x2_32"
@@ -64,6 +65,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     dataset_options: dict[str, Any] = field(default_factory=dict)
     checkpoint_every: int = 1
+    keep_resume: int = 2
     limit_train: int | None = None
     limit_eval: int | None = None
     recipe: str | None = None
@@ -148,7 +150,7 @@ def check_device_name(name: Any) -> None:
 
 def check_config(config: TrainConfig) -> None:
     """Raise :class:`ConfigError` (one line) for the first value of ``config`` that cannot work."""
-    for name in ("epochs", "batch_size", "checkpoint_every"):
+    for name in ("epochs", "batch_size", "checkpoint_every", "keep_resume"):
         _whole(config, name, 1)
     _whole(config, "workers", 0)
     _whole(config, "seed", 0)
