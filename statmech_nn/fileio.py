@@ -45,7 +45,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a hidden temporary path beside ``path``; on success it is renamed onto ``path``.
 
     The writer inside the block writes the temporary file by name (e.g. ``ds.to_netcdf(tmp)``).
-    On any error the temporary file is removed and ``path`` is left as it was.
+    On any error the temporary file is removed and ``path`` is left as it was; an ``OSError``
+    that names no file (``ENOSPC`` from a write) is raised again naming ``path``.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +59,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

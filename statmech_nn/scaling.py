@@ -271,10 +271,10 @@ def _checked_data(
     ckpt: Any, ks: Sequence[int], site: str | None, seed: int, limit_train: int | None
 ) -> Any:
     """The run's data without augmentation (train cut to ``limit_train``), checked against K."""
-    from statmech_nn.data import data_for_config
+    from statmech_nn.data import data_for_analysis
     from statmech_nn.sites import resolve
 
-    splits = data_for_config(ckpt.config, augment="none")
+    splits = data_for_analysis(ckpt.config, augment="none")
     check_ks(ks, int(splits.num_classes))
     resolve(ckpt.model, [site or default_site(ckpt.model)])
     return splits.limited(seed, train=limit_train)

@@ -8,6 +8,13 @@ python tests/_train_worker.py kill-at-step STEP -- CLI ARGS...
 python tests/_train_worker.py kill-in-write EPOCH -- CLI ARGS...
     ``statmech-nn train`` that SIGKILLs itself halfway through writing the bytes of the
     checkpoint of epoch EPOCH, leaving a partial temporary file behind.
+python tests/_train_worker.py kill-after-metrics EPOCH -- CLI ARGS...
+    ``statmech-nn train`` that SIGKILLs itself right after logging the metrics of epoch EPOCH.
+python tests/_train_worker.py kill-after-checkpoint EPOCH -- CLI ARGS...
+    ``statmech-nn train`` that SIGKILLs itself right after writing the checkpoint of epoch EPOCH.
+python tests/_train_worker.py pause-after-checkpoint EPOCH DIR -- CLI ARGS...
+    ``statmech-nn train`` that, after writing the checkpoint of epoch EPOCH, creates DIR/reached
+    and waits until DIR/go exists (the test meanwhile kills a server or tries a second resume).
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import io
 import os
 import signal
 import sys
+import time
+from pathlib import Path
 
 import torch
 
@@ -77,6 +86,54 @@ def kill_in_write(epoch: int, argv: list[str]) -> int:
     return cli.main(argv)
 
 
+def kill_after_metrics(epoch: int, argv: list[str]) -> int:
+    from statmech_nn import cli
+    from statmech_nn.train import records
+
+    original = records.log_metrics
+
+    def log_then_die(metrics, step):
+        original(metrics, step)
+        if step == epoch:
+            _die()
+
+    records.log_metrics = log_then_die
+    return cli.main(argv)
+
+
+def _after_checkpoint(epoch: int, then) -> None:
+    from statmech_nn import tracking
+
+    original = tracking.log_checkpoint
+
+    def write_then(run_id, state, done):
+        written = original(run_id, state, done)
+        if done == epoch:
+            then()
+        return written
+
+    tracking.log_checkpoint = write_then
+
+
+def kill_after_checkpoint(epoch: int, argv: list[str]) -> int:
+    from statmech_nn import cli
+
+    _after_checkpoint(epoch, _die)
+    return cli.main(argv)
+
+
+def pause_after_checkpoint(epoch: int, folder: str, argv: list[str]) -> int:
+    from statmech_nn import cli
+
+    def pause() -> None:
+        (Path(folder) / "reached").touch()
+        while not (Path(folder) / "go").exists():
+            time.sleep(0.1)
+
+    _after_checkpoint(epoch, pause)
+    return cli.main(argv)
+
+
 def main(argv: list[str]) -> int:
     mode = argv[0]
     if mode == "log":
@@ -86,6 +143,12 @@ def main(argv: list[str]) -> int:
         return kill_at_step(int(argv[1]), rest)
     if mode == "kill-in-write":
         return kill_in_write(int(argv[1]), rest)
+    if mode == "kill-after-metrics":
+        return kill_after_metrics(int(argv[1]), rest)
+    if mode == "kill-after-checkpoint":
+        return kill_after_checkpoint(int(argv[1]), rest)
+    if mode == "pause-after-checkpoint":
+        return pause_after_checkpoint(int(argv[1]), argv[2], rest)
     raise SystemExit(f"unknown mode {mode!r}")
 
 

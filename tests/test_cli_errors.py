@@ -255,3 +255,30 @@ def test_the_case_table_covers_the_issue_list():
               "--label-smoothing 2", "--device cuda"]  # fmt: skip
     for piece in wanted:
         assert any(piece in name for name in CASES), piece
+
+
+def test_a_full_disk_while_writing_a_checkpoint_is_one_line_naming_the_file(
+    workdir, capsys, monkeypatch
+):
+    """ENOSPC from a real write call (no file name on the error): the line names the file."""
+    original = torch.save
+
+    def fill_the_disk(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", fill_the_disk)
+    code = cli.main(TRAIN_TINY)
+    monkeypatch.setattr(torch, "save", original)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, captured.err
+    (run,) = tracking.uris.client().search_runs(
+        [e.experiment_id for e in tracking.uris.client().search_experiments()]
+    )
+    folder = tracking.local_artifact_dir(run.info.run_id) / tracking.CHECKPOINT_DIR
+    assert lines[0] == (
+        f"statmech-nn train: error: no space left on device: {folder / 'epoch_0000.pt'}"
+    )
+    assert run.info.status == "FAILED"
+    assert [p.name for p in folder.iterdir()] == [tracking.CONFIG_NAME]  # no partial, no temp

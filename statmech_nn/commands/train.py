@@ -192,6 +192,12 @@ def _add_where(run_: Any) -> None:
         metavar="RUN_ID",
         help="continue this interrupted run from its last checkpoint, with its own settings",
     )
+    run_.add_argument(
+        "--force-resume",
+        action="store_true",
+        help="resume even though the run is RUNNING on another host (make sure nothing "
+        "trains it there any more); a run still training on this host is always refused",
+    )
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -237,7 +243,12 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     install_sigterm()
-    run_id = train(config, tracking_uri=args.tracking_uri, resume_run_id=args.resume)
+    run_id = train(
+        config,
+        tracking_uri=args.tracking_uri,
+        resume_run_id=args.resume,
+        force_resume=args.force_resume,
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         print(run_id, flush=True)
     return 0

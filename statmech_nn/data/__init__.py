@@ -7,7 +7,7 @@ and the text sets textsynth, bbcnews, agnews, fewrel, hf (``TextSplits``, see ``
 """
 
 from statmech_nn.data.catalog import DATA_ENV, DataOptionError, data_root, load, names, spec
-from statmech_nn.data.for_config import data_for_config
+from statmech_nn.data.for_config import data_for_analysis, data_for_config
 from statmech_nn.data.splits import Splits, subset
 from statmech_nn.data.text import TextSplits
 
@@ -16,6 +16,7 @@ __all__ = [
     "DataOptionError",
     "Splits",
     "TextSplits",
+    "data_for_analysis",
     "data_for_config",
     "data_root",
     "load",

@@ -64,11 +64,11 @@ def checkpoint_data(training_run_id: str, settings: dict[str, Any], epochs: list
     before anything is logged.
     """
     from statmech_nn import tracking
-    from statmech_nn.data import data_for_config
+    from statmech_nn.data import data_for_analysis
 
     configs = [tracking.load_checkpoint(training_run_id, epoch).config for epoch in epochs]
     config = configs[0] if configs else tracking.load_checkpoint(training_run_id).config
-    full = data_for_config(config, augment="none")
+    full = data_for_analysis(config, augment="none")
     limits: dict[str, int | None] = {
         "train": settings.get("limit_train"),
         "val": None,

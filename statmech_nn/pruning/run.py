@@ -149,9 +149,9 @@ def settings_for(
 
 def data_for(config: Mapping[str, Any]) -> PruneData:
     """The training run's data: its augmentation, and its ``limit_train`` / ``limit_eval``."""
-    from statmech_nn.data import data_for_config
+    from statmech_nn.data import data_for_analysis
 
-    splits = data_for_config(config, augment=str(config.get("augment") or "none"))
+    splits = data_for_analysis(config, augment=str(config.get("augment") or "none"))
     data_seed = int(config.get("seed", 0))
     cut = splits.limited(
         data_seed,

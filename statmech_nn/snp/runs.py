@@ -247,6 +247,7 @@ def compute_for_run(
     limit_train: int | None = None,
     limit_eval: int | None = None,
     readout_options: Mapping[str, Any] | None = None,
+    data_root: str | os.PathLike | None = None,
 ) -> tuple[str, xr.Dataset]:
     """SNP tensor of a training run's checkpoint, logged in an ``snp`` child run.
 
@@ -256,18 +257,20 @@ def compute_for_run(
     ``acc.readout.{kind}.{block_i|conv_i}``, the trained readouts (``snp/readouts.pt`` and
     ``snp/readouts.json``, see :func:`~statmech_nn.snp.store.save_readouts`) and the artifact
     ``snp/snp.nc``, logged only once the tensor is complete (an interrupted run ends FAILED
-    without an artifact). Returns ``(child_run_id, dataset)``.
+    without an artifact). The data are read from ``data_root`` (else ``$STATMECH_DATA``, else
+    ``./data``), never from where the run's config says, and never downloaded. Returns
+    ``(child_run_id, dataset)``.
     """
     import mlflow
 
     from statmech_nn import tracking
-    from statmech_nn.data import data_for_config
+    from statmech_nn.data import data_for_analysis
 
     check_options(readout, silencing, split)
     tracking.init_store(tracking_uri)
     ckpt = tracking.load_checkpoint(run_id, epoch)
     site_list = resolve(ckpt.model, sites)
-    data = data_for_config(ckpt.config, augment="none")
+    data = data_for_analysis(ckpt.config, augment="none", data_root=data_root)
     limits = {"limit_train": limit_train, "limit_eval": limit_eval}
     splits = _limited_splits(run_id, data, split, seed=seed, **limits)
     options = dict(readout_options or {})

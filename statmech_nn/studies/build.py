@@ -102,7 +102,7 @@ def load_sources(
     from mlflow.tracking import MlflowClient
 
     from statmech_nn import tracking
-    from statmech_nn.data import data_for_config
+    from statmech_nn.data import data_for_analysis
     from statmech_nn.readout import ReadoutConfig
     from statmech_nn.sites import resolve
 
@@ -113,7 +113,7 @@ def load_sources(
     ckpt = tracking.load_checkpoint(training_run_id, int(ds.attrs["checkpoint_epoch"]))
     by_key = {(s.kind, s.layer): s for s in resolve(ckpt.model, list(ds.attrs["sites"]))}
     config = ReadoutConfig(**json.loads(ds.attrs["readout_config"]))
-    splits = data_for_config(ckpt.config, augment="none")
+    splits = data_for_analysis(ckpt.config, augment="none")
     split = getattr(splits, ds.attrs["split"])
     return Sources(
         checkpoint=ckpt,

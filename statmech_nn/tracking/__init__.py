@@ -13,8 +13,9 @@ artifact store they are written in place atomically (temporary file, fsync, rena
 killed mid-write never leaves a truncated checkpoint under a checkpoint's name.
 
 Modules: ``uris`` (where the store is), ``template`` (the cached empty SQLite store), ``store``
-(create, probe, select), ``runs`` (run context, child runs, the sweep of dead runs) and
-``checkpoints`` (save, list, read, rebuild the model).
+(create, probe, select), ``runs`` (run context, child runs, the sweep of dead runs, resume
+checks), ``checkpoints`` (save, list, read, rebuild the model), ``http`` (bounded HTTP retries)
+and ``pending`` (a run's checkpoint and end kept locally while its tracking server is lost).
 """
 
 from statmech_nn.tracking.checkpoints import (
@@ -41,16 +42,25 @@ from statmech_nn.tracking.checkpoints import (
 
 # The old private name, still used by callers outside this package.
 from statmech_nn.tracking.checkpoints import local_artifact_dir as _local_artifact_dir
+from statmech_nn.tracking.pending import TrackingLost, keep_checkpoint, unsent_folder
 from statmech_nn.tracking.runs import (
     ENDED_BY_TAG,
     PROCESS_TAG,
     child_run,
     experiment_id,
     get_run,
+    logged_steps,
+    refuse_live_resume,
     run,
     sweep_dead_runs,
 )
-from statmech_nn.tracking.store import check_store, init_store, open_store, use_store
+from statmech_nn.tracking.store import (
+    check_store,
+    init_store,
+    open_store,
+    server_lost,
+    use_store,
+)
 from statmech_nn.tracking.uris import (
     DEFAULT_DB,
     artifact_root,
@@ -67,6 +77,7 @@ __all__ = [
     "ENDED_BY_TAG",
     "PROCESS_TAG",
     "LoadedCheckpoint",
+    "TrackingLost",
     "artifact_root",
     "build_model",
     "check_store",
@@ -78,21 +89,26 @@ __all__ = [
     "experiment_id",
     "get_run",
     "init_store",
+    "keep_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "local_artifact_dir",
     "log_checkpoint",
+    "logged_steps",
     "model_config_of",
     "open_store",
     "read_checkpoint",
     "read_run_checkpoint",
     "read_weights",
-    "retain_resume_states",
+    "refuse_live_resume",
     "resolve_uri",
+    "retain_resume_states",
     "run",
     "save_checkpoint",
     "save_weights",
+    "server_lost",
     "sweep_dead_runs",
+    "unsent_folder",
     "use_store",
     "weights_name",
     "_local_artifact_dir",

@@ -8,9 +8,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from statmech_nn import processes
-from statmech_nn.errors import TrackingError
+from statmech_nn.errors import ConfigError, TrackingError
 from statmech_nn.naming import KIND_TAG
-from statmech_nn.tracking.uris import artifact_root, client, current_uri
+from statmech_nn.tracking.http import LOST, http_limits
+from statmech_nn.tracking.pending import TrackingLost, record_end
+from statmech_nn.tracking.uris import artifact_root, client, current_uri, first_line, is_remote
 
 PROCESS_TAG = "statmech_nn.process"
 """Tag holding the host, pid and start time of the process that runs (or last resumed) a run."""
@@ -115,8 +117,11 @@ def run(
 
     all_tags = _run_tags(tags, kind)
     if resume_run_id is not None:
-        run_id = get_run(resume_run_id).info.run_id
+        found = get_run(resume_run_id)
+        run_id = found.info.run_id
         mlflow_client = client()
+        if ENDED_BY_TAG in found.data.tags:  # the run lives again: no longer ended by a sweep
+            mlflow_client.delete_tag(run_id, ENDED_BY_TAG)
         for key, value in all_tags.items():
             mlflow_client.set_tag(run_id, key, value)
     else:
@@ -125,12 +130,12 @@ def run(
     try:
         yield active
     except KeyboardInterrupt:
-        _end(run_id, "KILLED")
+        _end_or_defer(run_id, "KILLED", None)
         raise
-    except BaseException:
-        _end(run_id, "FAILED")
+    except BaseException as exc:
+        _end_or_defer(run_id, "FAILED", exc)
         raise
-    _end(run_id, "FINISHED")
+    _end_or_defer(run_id, "FINISHED", None)
 
 
 def child_run(
@@ -148,6 +153,33 @@ def _end(run_id: str, status: str) -> None:
         mlflow.end_run(status)
     else:
         client().set_terminated(run_id, status)
+
+
+def _end_or_defer(run_id: str, status: str, failure: BaseException | None) -> None:
+    """End the run; where its tracking server is lost, record the end for the next command.
+
+    After :class:`~statmech_nn.tracking.pending.TrackingLost` the server is asked once more
+    without retries (a second round of retries would double the wait). A lost end while an
+    exception propagates stays silent (that exception is the error); at a normal end it is a
+    one-line error.
+    """
+    uri = current_uri()
+    if isinstance(failure, TrackingLost):
+        record_end(uri, run_id, status)
+        with contextlib.suppress(Exception), http_limits(LOST, force=True):
+            _end(run_id, status)  # pops mlflow's active run; marks the run if the server is back
+        return
+    try:
+        _end(run_id, status)
+    except Exception as exc:
+        if not is_remote(uri):
+            raise
+        record_end(uri, run_id, status)
+        if failure is None:
+            raise TrackingLost(
+                f"could not mark run {run_id} {status} at {uri} ({first_line(exc)}); the next "
+                "statmech-nn command that reaches the server marks it"
+            ) from exc
 
 
 def _process_of(run: Any) -> Any:
@@ -179,3 +211,40 @@ def sweep_dead_runs(experiment_ids: list[str] | None = None) -> list[str]:
             mlflow_client.set_terminated(found.info.run_id, "KILLED")
             marked.append(found.info.run_id)
     return marked
+
+
+def refuse_live_resume(found: Any, force: bool = False) -> None:
+    """Refuse to resume a RUNNING run that another process may still be training.
+
+    A run whose recorded process (:data:`PROCESS_TAG`) is alive on this host is always refused;
+    a RUNNING run of another host (or without a process mark) only without ``force``. A dead
+    local process's run was marked KILLED by the sweep and passes.
+    """
+    if found.info.status != "RUNNING":
+        return
+    run_id = found.info.run_id
+    mark = _process_of(found)
+    if isinstance(mark, dict) and processes.on_this_host(mark):
+        if processes.alive(mark):
+            raise ConfigError(
+                f"run {run_id} is still training (pid {mark.get('pid')} on this host); two "
+                "processes must not train one run: wait for it to end, or stop it first"
+            )
+        return
+    where = (
+        f"on host {mark.get('host')} (pid {mark.get('pid')})"
+        if isinstance(mark, dict)
+        else ("and records no process")
+    )
+    if not force:
+        raise ConfigError(
+            f"run {run_id} is RUNNING {where}; it may still be training there. If that "
+            "process is gone, pass --force-resume"
+        )
+
+
+def logged_steps(run_id: str) -> dict[str, set[int]]:
+    """The steps at which each metric of ``run_id`` was logged."""
+    mlflow_client = client()
+    keys = get_run(run_id).data.metrics
+    return {key: {m.step for m in mlflow_client.get_metric_history(run_id, key)} for key in keys}

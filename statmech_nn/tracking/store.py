@@ -6,34 +6,15 @@ import contextlib
 import os
 import sqlite3
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 from statmech_nn.errors import TrackingError
 from statmech_nn.fileio import exclusive_lock
-from statmech_nn.tracking.runs import sweep_dead_runs
+from statmech_nn.tracking.http import PROBE, http_limits
+from statmech_nn.tracking.pending import pending_ends
+from statmech_nn.tracking.runs import ENDED_BY_TAG, sweep_dead_runs
 from statmech_nn.tracking.template import copy_template, drop_template, save_template
 from statmech_nn.tracking.uris import artifact_root, first_line, is_remote, resolve_uri, sqlite_path
-
-_CHECK_TIMEOUT_S = 5
-_CHECK_RETRIES = 0
-_HTTP_ENV = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
-
-
-@contextlib.contextmanager
-def _short_http_timeouts() -> Iterator[None]:
-    """Short HTTP timeouts (unless the user set them) while probing a tracking server."""
-    saved = {k: os.environ.get(k) for k in _HTTP_ENV}
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(_CHECK_TIMEOUT_S))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(_CHECK_RETRIES))
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def init_store(uri: str | None = None) -> str:
@@ -44,7 +25,8 @@ def init_store(uri: str | None = None) -> str:
     migrations takes seconds); see :func:`~statmech_nn.tracking.template.template_path`. A
     tracking server is probed with a short timeout (``MLFLOW_HTTP_REQUEST_TIMEOUT`` /
     ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` override it), so an unreachable one fails with
-    :class:`TrackingError` instead of hanging.
+    :class:`TrackingError` instead of hanging. Runs a lost server could not end are ended
+    (``tracking.pending``), then runs of dead local processes are marked KILLED.
     """
     uri = resolve_uri(uri)
     db = sqlite_path(uri)
@@ -57,8 +39,27 @@ def init_store(uri: str | None = None) -> str:
             created = _create_or_open_sqlite(db, uri)
     _set_mlflow_uri(uri)
     if not created:
+        _end_deferred_runs(uri)
         _sweep_quietly()
     return uri
+
+
+def _end_deferred_runs(uri: str) -> list[str]:
+    """End the runs a lost server could not end (``tracking.pending``), now that it answers."""
+    from statmech_nn.tracking.uris import client
+
+    ended = []
+    for marker, run_id, status in pending_ends(uri):
+        try:
+            mlflow_client = client()
+            if mlflow_client.get_run(run_id).info.status == "RUNNING":
+                mlflow_client.set_tag(run_id, ENDED_BY_TAG, "next command: the server was lost")
+                mlflow_client.set_terminated(run_id, status)
+                ended.append(run_id)
+            marker.unlink(missing_ok=True)
+        except Exception as exc:  # housekeeping must never stop the command it precedes
+            warnings.warn(f"could not end run {run_id}: {first_line(exc)}", stacklevel=3)
+    return ended
 
 
 def _create_or_open_sqlite(db: Path, uri: str) -> bool:
@@ -97,7 +98,7 @@ def open_store(uri: str) -> None:
     from mlflow.tracking import MlflowClient
 
     try:
-        with _short_http_timeouts() if is_remote(uri) else contextlib.nullcontext():
+        with http_limits(PROBE) if is_remote(uri) else contextlib.nullcontext():
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # any failure means "store not usable"
         what = "reach the MLflow tracking server" if is_remote(uri) else "open the MLflow store"
@@ -145,3 +146,14 @@ def _set_mlflow_uri(uri: str) -> None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def server_lost(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server that does not answer a short probe now."""
+    if not is_remote(uri):
+        return False
+    try:
+        open_store(uri)
+    except TrackingError:
+        return True
+    return False

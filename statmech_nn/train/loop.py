@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +24,8 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from statmech_nn import tracking
 from statmech_nn.data import data_for_config
 from statmech_nn.errors import ConfigError, StatmechError, TrainingDiverged
+from statmech_nn.fileio import remove_stale_temporaries
+from statmech_nn.tracking.http import TRAINING, http_limits
 from statmech_nn.tracking.uris import first_line
 from statmech_nn.train import records
 from statmech_nn.train.config import RUNTIME_FIELDS, TrainConfig
@@ -73,6 +75,7 @@ class TrainState:
     scaler: torch.amp.GradScaler | None
     start_epoch: int = 0
     net: nn.Module | None = None  # the model, or its DDP wrapper
+    logged: dict[str, set[int]] = field(default_factory=dict)  # rank 0: steps already in MLflow
 
     @property
     def model_config(self) -> dict[str, Any]:
@@ -89,22 +92,29 @@ def train(
     tracking_uri: str | None = None,
     resume_run_id: str | None = None,
     on_epoch_end: EpochCallback | None = None,
+    force_resume: bool = False,
 ) -> str:
     """Train as ``config`` says (or resume ``resume_run_id``) and return the MLflow run id.
 
     Resuming continues the run in place from its last complete checkpoint with the stored config
-    (only ``device`` and ``workers`` are taken from ``config``). ``on_epoch_end(epoch, metrics)``
-    is called on rank 0 after each epoch's checkpoint. A non-finite loss stops training with
-    :class:`TrainingDiverged`; the run is marked FAILED and its last good checkpoint kept.
-    A configuration that cannot work raises :class:`ConfigError` before any run is created.
+    (only ``device`` and ``workers`` are taken from ``config``); a run still training elsewhere
+    is refused (``force_resume`` overrides that for a run of another host). Each epoch is
+    checkpointed, then its metrics logged; a resume logs each metric step the run lacks, and
+    only those. ``on_epoch_end(epoch, metrics)`` is called on rank 0 after each epoch's records.
+    A non-finite loss stops training with :class:`TrainingDiverged`; the run is marked FAILED
+    and its last good checkpoint kept. A tracking server lost mid-run stops training with
+    :class:`~statmech_nn.tracking.TrackingLost` within a bounded time (``tracking.http``), the
+    epoch's state kept locally. A configuration that cannot work raises :class:`ConfigError`
+    before any run is created.
     """
     if config is None and resume_run_id is None:
         raise ConfigError("give a TrainConfig, or a run id to resume")
     dist = dist_from_env()
     if config is not None:
         resolve_device(config.device, dist)  # no GPU: refused before the store is touched
-    with process_group(dist, config.device if config is not None else None), deterministic():
-        return _train(config, tracking_uri, resume_run_id, on_epoch_end, dist)
+    device = config.device if config is not None else None
+    with http_limits(TRAINING), process_group(dist, device), deterministic():
+        return _train(config, tracking_uri, resume_run_id, on_epoch_end, dist, force_resume)
 
 
 def _train(
@@ -113,8 +123,11 @@ def _train(
     resume_run_id: str | None,
     on_epoch_end: EpochCallback | None,
     dist: Dist,
+    force_resume: bool = False,
 ) -> str:
-    resume = _read_resume_state(resume_run_id, tracking_uri, dist) if resume_run_id else None
+    resume = None
+    if resume_run_id is not None:
+        resume = _read_resume_state(resume_run_id, tracking_uri, dist, force_resume)
     if resume is not None:
         config = _resumed_config(resume, config)
     assert config is not None
@@ -128,6 +141,8 @@ def _train(
         run_id = broadcast(active.info.run_id if dist.main else None, dist)
         if dist.main and resume_run_id is None:
             _record_start(state, run_id)
+        elif dist.main and resume is not None:
+            _catch_up_metrics(state, run_id, resume)
         for epoch in range(state.start_epoch, state.config.epochs):
             _run_epoch(state, epoch, run_id, on_epoch_end)
     return run_id
@@ -136,16 +151,27 @@ def _train(
 # -- before the first epoch ----------------------------------------------------------------------
 
 
-def _read_resume_state(run_id: str, tracking_uri: str | None, dist: Dist) -> dict[str, Any]:
-    """Rank 0 finds the newest good checkpoint of ``run_id``; every rank reads that file."""
+def _read_resume_state(
+    run_id: str, tracking_uri: str | None, dist: Dist, force: bool = False
+) -> dict[str, Any]:
+    """Rank 0 checks nobody trains ``run_id`` and finds its newest good checkpoint; every rank
+    reads that file."""
     state: dict[str, Any] | None = None
     path = None
     if dist.main:
         tracking.init_store(tracking_uri)
-        tracking.get_run(run_id)
+        tracking.refuse_live_resume(tracking.get_run(run_id), force)
+        _remove_stale_temporaries(run_id)
         state, path = records.load_resume_state(run_id)
     path = broadcast(str(path), dist)
     return state if state is not None else tracking.read_checkpoint(path)
+
+
+def _remove_stale_temporaries(run_id: str) -> None:
+    """Delete the hidden partial checkpoints a killed writer left (no writer is alive now)."""
+    local = tracking.local_artifact_dir(run_id)
+    if local is not None:
+        remove_stale_temporaries(local / tracking.CHECKPOINT_DIR)
 
 
 def _resumed_config(resume: Mapping[str, Any], given: TrainConfig | None) -> TrainConfig:
@@ -274,6 +300,26 @@ def _record_start(state: TrainState, run_id: str) -> None:
     tracking.log_checkpoint(run_id, _checkpoint(state, 0, None, {}), 0)
 
 
+def _catch_up_metrics(state: TrainState, run_id: str, resume: Mapping[str, Any]) -> None:
+    """Learn which steps the run has logged; log the resumed checkpoint's metrics if missing.
+
+    A process killed between an epoch's checkpoint and its metrics left that step unlogged.
+    """
+    state.logged = tracking.logged_steps(run_id)
+    epoch = int(resume["epoch"])
+    if epoch > 0:
+        _log_new_metrics(state, dict(resume.get("metrics") or {}), epoch)
+
+
+def _log_new_metrics(state: TrainState, metrics: Mapping[str, float], step: int) -> None:
+    """Log the ``metrics`` not yet logged at ``step`` (a resumed epoch may have logged them)."""
+    new = {k: v for k, v in metrics.items() if step not in state.logged.get(k, ())}
+    if new:
+        records.log_metrics(new, step)
+        for key in new:
+            state.logged.setdefault(key, set()).add(step)
+
+
 def _checkpoint(
     state: TrainState, epoch: int, loader_gen: torch.Generator | None, metrics: Mapping[str, float]
 ) -> dict[str, Any]:
@@ -305,12 +351,42 @@ def _run_epoch(
             state.model, state.val_set, config, state.device
         )
         _, metrics["test_acc"] = evaluate(state.model, state.test_set, config, state.device)
-        records.log_metrics(metrics, done)
-        if done % config.checkpoint_every == 0 or done == config.epochs:
-            tracking.log_checkpoint(run_id, _checkpoint(state, done, loader_gen, metrics), done)
+        _record_epoch(state, run_id, done, loader_gen, metrics)
         if on_epoch_end is not None:
             on_epoch_end(done, metrics)
     barrier(state.dist)
+
+
+def _record_epoch(
+    state: TrainState,
+    run_id: str,
+    done: int,
+    loader_gen: torch.Generator,
+    metrics: dict[str, float],
+) -> None:
+    """Checkpoint epoch ``done`` when due, then log its metrics (a kill between the two is
+    caught up on resume); a lost tracking server keeps the epoch's state locally."""
+    config = state.config
+    snapshot = None
+    try:
+        if done % config.checkpoint_every == 0 or done == config.epochs:
+            snapshot = _checkpoint(state, done, loader_gen, metrics)
+            tracking.log_checkpoint(run_id, snapshot, done)
+        _log_new_metrics(state, metrics, done)
+    except Exception as exc:
+        uri = tracking.current_uri()
+        if not tracking.server_lost(uri):
+            raise
+        kept = tracking.keep_checkpoint(
+            run_id, snapshot or _checkpoint(state, done, loader_gen, metrics), done
+        )
+        raise tracking.TrackingLost(
+            f"lost the MLflow tracking server at {uri} while recording epoch {done} "
+            f"({first_line(exc)}); the checkpoint of epoch {done} is kept in {kept}; run "
+            f"{run_id} is marked FAILED by the next statmech-nn command that reaches the server, "
+            f"then `statmech-nn train --resume {run_id}` continues it from its last logged "
+            "checkpoint"
+        ) from exc
 
 
 def epoch_loader(state: TrainState, epoch: int) -> tuple[DataLoader, torch.Generator]:
