@@ -9,7 +9,7 @@ has per-layer values of that name (a study trial's ``andc.accuracy.block0``), th
 every param are coordinates on ``run`` (``run_name``, ``experiment_id``, ``parent_run_id``,
 ``run_kind``, ``status``, ``param_{name}``); a param whose values are all numbers is a number
 coordinate (NaN where a run lacks it or logged ``None``), all ``True``/``False`` a boolean one,
-anything else strings (``None`` where missing). Study trials (one run per Optuna trial) are left
+anything else strings (NaN where missing). Study trials (one run per Optuna trial) are left
 out unless ``trials=True``.
 
 Example: which runs have ``Q > 0.5`` in their last block? ::
@@ -121,7 +121,8 @@ def typed_column(values: Sequence[str | None]) -> np.ndarray:
     """MLflow's string params as one typed column: int, float (NaN missing), bool or strings.
 
     Integers stay ``int64`` only when no run lacks the value; a missing or ``None`` value makes
-    the column float with NaN. Strings have ``None`` where missing (or logged as ``None``).
+    the column float with NaN. Strings have NaN where missing (or logged as ``None``), as in
+    pandas.
     """
     present = [v for v in values if v is not None and v not in _MISSING]
     complete = len(present) == len(values)
@@ -134,7 +135,7 @@ def typed_column(values: Sequence[str | None]) -> np.ndarray:
         return np.asarray(
             [np.nan if v is None or v in _MISSING else float(v) for v in values], dtype=np.float64
         )
-    return np.asarray([None if v in (None, "None") else v for v in values], dtype=object)
+    return np.asarray([np.nan if v in (None, "None") else v for v in values], dtype=object)
 
 
 def order_parameters(
@@ -221,11 +222,15 @@ def write_csv(ds: xr.Dataset, path: str) -> None:
     ds.to_dataframe().to_csv(path)
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
 def write_netcdf(ds: xr.Dataset, path: str) -> None:
-    """netCDF (h5netcdf) with string coordinates stored as fixed-width unicode."""
+    """netCDF (h5netcdf) with string coordinates stored as fixed-width unicode ("" missing)."""
     out = ds.copy()
     for name, coord in out.coords.items():
         if coord.dtype == object:
-            text = ["" if v is None else str(v) for v in coord.values]
+            text = ["" if _missing(v) else str(v) for v in coord.values]
             out = out.assign_coords({name: (coord.dims, np.asarray(text, dtype=str))})
     out.to_netcdf(path, engine="h5netcdf")
