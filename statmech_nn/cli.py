@@ -52,33 +52,36 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(sub)
     for command in sub.choices.values():
-        add_output_flags(command.add_argument_group("output"), argparse.SUPPRESS)
+        add_output_flags(command.add_argument_group("output"), suppress=True)
     return parser
 
 
-def add_output_flags(parser: argparse._ActionsContainer, *default: str) -> None:
+def add_output_flags(parser: argparse._ActionsContainer, suppress: bool = False) -> None:
     """``-v`` / ``--quiet`` / ``--log-file``: accepted before the command and after it.
 
-    The command's copies default to ``SUPPRESS``, so they never undo a flag given before it.
+    The command's copies (``suppress``) have no defaults, so they never undo a flag given before.
     """
-    given = {"default": default[0]} if default else {}
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
     parser.add_argument(
         "-v",
         "--verbose",
         action="count",
-        **({"default": 0} | given),
+        default=default(0),
         help="more detail: debug lines, and the libraries' own messages (Optuna, MLflow)",
     )
     parser.add_argument(
         "--quiet",
         action="store_true",
-        **({"default": False} | given),
+        default=default(False),
         help="only warnings and errors on stderr, no progress bars",
     )
     parser.add_argument(
         "--log-file",
         metavar="FILE",
-        **({"default": None} | given),
+        default=default(None),
         help="also write the progress lines, with timestamps, to FILE",
     )
 

@@ -105,8 +105,8 @@ def from_runs(runs: Sequence[Any]) -> xr.Dataset:
         "start_time": ("run", np.asarray([run.info.start_time or 0 for run in runs], np.int64)),
     }
     for key in params:
-        values = [run.data.params.get(key) for run in runs]
-        coords[f"param_{_UNSAFE.sub('_', key)}"] = ("run", typed_column(values))
+        logged = [run.data.params.get(key) for run in runs]
+        coords[f"param_{_UNSAFE.sub('_', key)}"] = ("run", typed_column(logged))
     return xr.Dataset(data, coords=coords)
 
 

@@ -262,8 +262,9 @@ def ensure_study(
     matches; logs which of the two happened (``where``: the storage URL for that line)."""
     if not check_study(storage, spec):
         try:
+            directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
             study = optuna.create_study(
-                storage=storage, study_name=spec.name, directions=list(spec.directions)
+                storage=storage, study_name=spec.name, directions=directions
             )
         except optuna.exceptions.DuplicatedStudyError:
             check_study(storage, spec)

@@ -79,7 +79,8 @@ def log_dataset(splits: Any, config: TrainConfig) -> None:
             "options": json.dumps(config.dataset_options, sort_keys=True),
         }
     )
-    mlflow.log_input(MetaDataset(source, name=config.dataset), context="training")
+    dataset = MetaDataset(source, name=config.dataset)  # type: ignore[abstract]
+    mlflow.log_input(dataset, context="training")
     if info:
         mlflow.log_dict(json.loads(json.dumps(info, default=str)), "data/info.json")
 
