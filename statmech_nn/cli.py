@@ -2,7 +2,8 @@
 
 Each command module defines ``register(subparsers)``, which adds its parser and sets
 ``func(args) -> int``. Errors a user can fix print one line and exit non-zero; ``--debug`` shows
-the traceback.
+the traceback. ``-v`` / ``--quiet`` / ``--log-file`` (before or after the command) set what the
+``statmech_nn`` loggers show (:mod:`statmech_nn.logs`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
-import os
 import sys
 
-from statmech_nn import __version__
+from statmech_nn import __version__, logs
 from statmech_nn.errors import StatmechError
 
 COMMANDS = (
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"statmech-nn {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    add_output_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -51,12 +52,43 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    for command in sub.choices.values():
+        add_output_flags(command.add_argument_group("output"), suppress=True)
     return parser
+
+
+def add_output_flags(parser: argparse._ActionsContainer, suppress: bool = False) -> None:
+    """``-v`` / ``--quiet`` / ``--log-file``: accepted before the command and after it.
+
+    The command's copies (``suppress``) have no defaults, so they never undo a flag given before.
+    """
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default(0),
+        help="more detail: debug lines, and the libraries' own messages (Optuna, MLflow)",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        default=default(False),
+        help="only warnings and errors on stderr, no progress bars",
+    )
+    parser.add_argument(
+        "--log-file",
+        metavar="FILE",
+        default=default(None),
+        help="also write the progress lines, with timestamps, to FILE",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     debug = "--debug" in argv
     parser = build_parser()
     args = parser.parse_args([a for a in argv if a != "--debug"])
@@ -65,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        logs.configure(args.verbose, args.quiet, args.log_file)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

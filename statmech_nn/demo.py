@@ -160,7 +160,6 @@ def order_argv(s: dict[str, Any], snp_run_id: str) -> list[str]:
 
 def study_argv(s: dict[str, Any], snp_run_id: str) -> list[str]:
     argv = ["study", "andc", snp_run_id, "--trials", str(s["trials"]), "--kind", "ff"]
-    argv += ["--study-name", f"demo-andc-{snp_run_id[:8]}"]
     return argv + _common(s)
 
 
@@ -275,7 +274,7 @@ def _study(s: dict[str, Any], snp_id: str, out: Callable[..., None]) -> str:
     from statmech_nn import studies
     from statmech_nn.commands.study import result_lines
 
-    options = studies.StudyOptions(n_trials=s["trials"], study_name=f"demo-andc-{snp_id[:8]}")
+    options = studies.StudyOptions(n_trials=s["trials"])
     result = studies.for_run(snp_id, options, kind="ff", tracking_uri=s["tracking_uri"])
     out(*result_lines(result))
     return result["study_run_id"] or ""

@@ -3,9 +3,14 @@
 Metric names follow docs/architecture.md: ``{family}.{fields...}.{block|conv|layer}{i}`` becomes
 the variable ``{family}_{fields...}`` (dots as underscores) at layer ``i``, e.g.
 ``order.Q.block5`` -> ``order_Q`` at ``layer=5``, ``snr.ff.block3`` -> ``snr_ff`` at ``layer=3``.
-Metrics without a layer suffix (``andc.accuracy``) become ``(run,)`` variables. Values are the
-runs' latest ones (highest step). Run attributes and every param are coordinates on ``run``
-(``run_name``, ``experiment_id``, ``parent_run_id``, ``run_kind``, ``status``, ``param_{name}``).
+Metrics without a layer suffix (``andc.accuracy``) become ``(run,)`` variables; when a run also
+has per-layer values of that name (a study trial's ``andc.accuracy.block0``), those become
+``andc_accuracy_by_layer``. Values are the runs' latest ones (highest step). Run attributes and
+every param are coordinates on ``run`` (``run_name``, ``experiment_id``, ``parent_run_id``,
+``run_kind``, ``status``, ``param_{name}``); a param whose values are all numbers is a number
+coordinate (NaN where a run lacks it or logged ``None``), all ``True``/``False`` a boolean one,
+anything else strings (NaN where missing). Study trials (one run per Optuna trial) are left
+out unless ``trials=True``.
 
 Example: which runs have ``Q > 0.5`` in their last block? ::
 
@@ -23,9 +28,12 @@ import numpy as np
 import xarray as xr
 
 from statmech_nn.errors import TrackingError
-from statmech_nn.naming import KIND_TAG, LAYERED_METRIC
+from statmech_nn.naming import KIND_TAG, KIND_TRIAL, LAYERED_METRIC
 
 _UNSAFE = re.compile(r"[^0-9A-Za-z_]")
+BY_LAYER = "_by_layer"
+"""Suffix of per-layer values whose name a scalar metric of the same runs already has."""
+_MISSING = ("", "None", "none", "null")
 
 
 def variable_name(metric: str) -> tuple[str, int | None]:
@@ -72,16 +80,16 @@ def from_runs(runs: Sequence[Any]) -> xr.Dataset:
     layer_values = sorted(layers)
     index = {layer: i for i, layer in enumerate(layer_values)}
     data: dict[str, Any] = {}
-    for name, values in layered.items():
-        arr = np.full((len(runs), len(layer_values)), np.nan)
-        for (r, layer), value in values.items():
-            arr[r, index[layer]] = value
-        data[name] = (("run", "layer"), arr)
     for name, by_run in scalars.items():
         column = np.full(len(runs), np.nan)
         for r, value in by_run.items():
             column[r] = value
-        data[name if name not in data else f"{name}_scalar"] = (("run",), column)
+        data[name] = (("run",), column)
+    for name, values in layered.items():
+        arr = np.full((len(runs), len(layer_values)), np.nan)
+        for (r, layer), value in values.items():
+            arr[r, index[layer]] = value
+        data[name + BY_LAYER if name in scalars else name] = (("run", "layer"), arr)
     params = sorted({k for run in runs for k in run.data.params})
     coords: dict[str, Any] = {
         "run": [run.info.run_id for run in runs],
@@ -97,20 +105,50 @@ def from_runs(runs: Sequence[Any]) -> xr.Dataset:
         "start_time": ("run", np.asarray([run.info.start_time or 0 for run in runs], np.int64)),
     }
     for key in params:
-        coords[f"param_{_UNSAFE.sub('_', key)}"] = (
-            "run",
-            [str(run.data.params.get(key, "")) for run in runs],
-        )
+        logged = [run.data.params.get(key) for run in runs]
+        coords[f"param_{_UNSAFE.sub('_', key)}"] = ("run", typed_column(logged))
     return xr.Dataset(data, coords=coords)
 
 
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def typed_column(values: Sequence[str | None]) -> np.ndarray:
+    """MLflow's string params as one typed column: int, float (NaN missing), bool or strings.
+
+    Integers stay ``int64`` only when no run lacks the value; a missing or ``None`` value makes
+    the column float with NaN. Strings have NaN where missing (or logged as ``None``), as in
+    pandas.
+    """
+    present = [v for v in values if v is not None and v not in _MISSING]
+    complete = len(present) == len(values)
+    if present and all(v in ("True", "False") for v in present) and complete:
+        return np.asarray([v == "True" for v in values], dtype=bool)
+    numbers = [_number(v) for v in present]
+    if present and all(n is not None for n in numbers):
+        if complete and all(re.fullmatch(r"[-+]?\d+", v) for v in present):
+            return np.asarray([int(v) for v in present], dtype=np.int64)
+        return np.asarray(
+            [np.nan if v is None or v in _MISSING else float(v) for v in values], dtype=np.float64
+        )
+    return np.asarray([np.nan if v in (None, "None") else v for v in values], dtype=object)
+
+
 def order_parameters(
-    experiment: str | None = None, filter_string: str = "", tracking_uri: str | None = None
+    experiment: str | None = None,
+    filter_string: str = "",
+    tracking_uri: str | None = None,
+    trials: bool = False,
 ) -> xr.Dataset:
     """Metrics of every matching run (all experiments when ``experiment`` is None) by layer.
 
     ``filter_string`` is MLflow search syntax, e.g. ``"tags.`statmech_nn.kind` = 'order'"`` or
-    ``"params.theta = '0.3'"``. Runs come newest first.
+    ``"params.theta = '0.3'"``. Runs come newest first: training and analysis runs, and the
+    study trials' runs too with ``trials``.
     """
     import mlflow
 
@@ -130,6 +168,8 @@ def order_parameters(
         if type(exc).__name__ == "MlflowException":
             raise TrackingError(f"MLflow search failed: {exc}") from exc
         raise
+    if not trials:
+        runs = [run for run in runs if run.data.tags.get(KIND_TAG) != KIND_TRIAL]
     return from_runs(runs)
 
 
@@ -182,10 +222,15 @@ def write_csv(ds: xr.Dataset, path: str) -> None:
     ds.to_dataframe().to_csv(path)
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
 def write_netcdf(ds: xr.Dataset, path: str) -> None:
-    """netCDF (h5netcdf) with string coordinates stored as fixed-width unicode."""
+    """netCDF (h5netcdf) with string coordinates stored as fixed-width unicode ("" missing)."""
     out = ds.copy()
     for name, coord in out.coords.items():
         if coord.dtype == object:
-            out = out.assign_coords({name: coord.astype(str)})
+            text = ["" if _missing(v) else str(v) for v in coord.values]
+            out = out.assign_coords({name: (coord.dims, np.asarray(text, dtype=str))})
     out.to_netcdf(path, engine="h5netcdf")

@@ -19,6 +19,7 @@ import torch
 torch.set_num_threads(1)
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 
 
 def pytest_configure(config: pytest.Config) -> None:

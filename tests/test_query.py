@@ -121,3 +121,74 @@ def test_layer_labels_match_the_readout_metrics_of_the_snp_run():
     assert list(labels.values()) == ["block3", "conv4", "layer0", "layer1"]
     for label in labels.values():
         assert query.variable_name(f"snr.x.{label}") == ("snr_x", int(label[-1]))
+
+
+@pytest.fixture
+def study_store(workdir):
+    """A training run, its order run, and two study trials with per-layer and mean accuracy."""
+    import mlflow
+
+    from statmech_nn import tracking
+    from statmech_nn.naming import KIND_TRIAL
+
+    tracking.init_store()
+    ids = {}
+    with tracking.run("s", run_name="train") as run:
+        ids["train"] = run.info.run_id
+        mlflow.log_params({"epochs": "3", "lr": "0.001", "limit_train": "None", "amp": "True"})
+        mlflow.log_params({"model": "cct", "label_smoothing": "0.1"})
+        mlflow.log_metric("val_acc", 0.5)
+    with tracking.run("s", run_name="order", parent_run_id=ids["train"], kind="order") as run:
+        ids["order"] = run.info.run_id
+        mlflow.log_params({"epochs": "4", "lr": "0.01", "limit_train": "64", "amp": "False"})
+        mlflow.log_metrics({"order.Q.block0": 0.2, "order.Q.block1": 0.6})
+    for number in range(2):
+        name = f"trial-{number}"
+        with tracking.run("s", run_name=name, parent_run_id=ids["order"], kind=KIND_TRIAL) as run:
+            ids[name] = run.info.run_id
+            mlflow.log_param("theta", str(0.25 + number / 10))
+            mlflow.log_metrics(
+                {"andc.accuracy.block0": 0.8, "andc.accuracy.block1": 0.6 + number / 10}
+            )
+            mlflow.log_metric("andc.accuracy", 0.7 + number / 20)
+    return ids
+
+
+def test_trials_only_when_asked(study_store):
+    runs = set(query.order_parameters()["run"].values)
+    assert runs == {study_store["train"], study_store["order"]}
+    with_trials = query.order_parameters(trials=True)
+    assert set(with_trials["run"].values) == set(study_store.values())
+
+
+def test_params_are_typed_and_missing_is_nan(study_store):
+    ds = query.order_parameters()
+    train, order = study_store["train"], study_store["order"]
+    assert ds["param_epochs"].dtype == np.int64
+    assert ds["param_epochs"].sel(run=order).item() == 4
+    assert ds["param_lr"].dtype == np.float64 and ds["param_lr"].sel(run=train).item() == 0.001
+    limit = ds["param_limit_train"]  # "None" on one run: a float column with NaN there
+    assert limit.dtype == np.float64 and np.isnan(limit.sel(run=train).item())
+    assert limit.sel(run=order).item() == 64
+    assert ds["param_amp"].dtype == bool and bool(ds["param_amp"].sel(run=train))
+    assert np.isnan(ds["param_label_smoothing"].sel(run=order).item())  # only on train
+    model = ds["param_model"]
+    assert model.sel(run=train).item() == "cct" and np.isnan(model.sel(run=order).item())
+
+
+def test_a_scalar_and_its_per_layer_values_have_distinct_names(study_store, workdir):
+    ds = query.order_parameters(trials=True)
+    assert "andc_accuracy_scalar" not in ds and ds["andc_accuracy"].dims == ("run",)
+    per_layer = ds["andc_accuracy_by_layer"]
+    assert per_layer.dims == ("run", "layer")
+    trial = study_store["trial-1"]
+    assert ds["andc_accuracy"].sel(run=trial).item() == pytest.approx(0.75)
+    np.testing.assert_allclose(per_layer.sel(run=trial).values, [0.8, 0.7])
+    assert ds["order_Q"].dims == ("run", "layer")  # no scalar twin: the plain name
+    query.write_netcdf(ds, str(workdir / "t.nc"))
+    with xr.open_dataset(workdir / "t.nc", engine="h5netcdf") as saved:
+        assert saved["param_epochs"].dtype.kind in "if"
+        assert list(saved["param_model"].sel(run=[study_store["train"], trial]).values) == [
+            "cct",
+            "",
+        ]

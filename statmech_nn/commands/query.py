@@ -15,8 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Collect the metrics of MLflow runs (all experiments unless --experiment) into one "
             "xarray Dataset with dims (run, layer): a metric {family}.{...}.block{i} becomes the "
             "variable {family}_{...} at layer i (order.Q.block5 -> order_Q), params become "
-            "coordinates param_{name}. Prints a table; --csv and --netcdf write it. In Python: "
-            "statmech_nn.query.order_parameters()."
+            "typed coordinates param_{name} (numbers as numbers, NaN where missing). Training "
+            "and analysis runs only; --trials adds the run of every study trial. Prints a "
+            "table; --csv and --netcdf write it. In Python: statmech_nn.query.order_parameters()."
         ),
     )
     parser.add_argument("--experiment", default=None, help="experiment name or id (default: all)")
@@ -28,6 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             '"metrics.`order.Q.block6` > 0.5"'
         ),
     )
+    parser.add_argument(
+        "--trials",
+        action="store_true",
+        help="also the runs of study trials (one per Optuna trial; left out by default)",
+    )
     parser.add_argument("--csv", default=None, metavar="PATH", help="write a long-format CSV")
     parser.add_argument("--netcdf", default=None, metavar="PATH", help="write a netCDF file")
     add_tracking_uri(parser)
@@ -37,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from statmech_nn import query
 
-    ds = query.order_parameters(args.experiment, args.filter, args.tracking_uri)
+    ds = query.order_parameters(args.experiment, args.filter, args.tracking_uri, trials=args.trials)
     if ds.sizes["run"] == 0:
         print("no runs match")
         return 0

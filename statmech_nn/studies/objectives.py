@@ -15,6 +15,11 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
     "pareto": ("maximize", "maximize"),
     "constrained": ("maximize",),
 }
+METRIC_NAMES: dict[str, tuple[str, ...]] = {
+    "pareto": ("andc.accuracy", "andc.pruned_fraction"),
+    "constrained": ("andc.pruned_fraction",),
+}
+"""The objectives' names, one per direction: the study's metric names and the trials' metrics."""
 THETA_RANGE = (0.01, 0.99)
 METRICS_ATTR = "metrics"
 

@@ -19,6 +19,7 @@ import optuna
 from statmech_nn.errors import ConfigError
 from statmech_nn.studies.mlflow_runs import MlflowTarget, MlflowTrialLogger, _study_run
 from statmech_nn.studies.objectives import (
+    METRIC_NAMES,
     OBJECTIVES,
     ProblemObjective,
     constrained_objective,
@@ -29,6 +30,7 @@ from statmech_nn.studies.storage import (
     Heartbeat,
     StudySpec,
     _redact,
+    andc_study_name,
     check_study,
     check_study_name,
     ensure_study,
@@ -54,7 +56,7 @@ def default_study_name(problem: AndcProblem, objective: str, per_site: bool) -> 
 
 
 def _default_name(snp_run_id: str, kind: str, objective: str, per_site: bool) -> str:
-    return f"andc-{objective}-{kind}-{snp_run_id[:8]}" + ("-per-site" if per_site else "")
+    return andc_study_name(snp_run_id, kind, objective, per_site)
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,7 @@ def run_andc_study(
     study_name = study_name or default_study_name(problem, objective_name, per_site)
     check_study_name(study_name)
     spec = _study_spec(problem, options, study_name, snp_run_id)
-    ensure_study(open_storage(storage_url, options.heartbeat), spec)
+    ensure_study(open_storage(storage_url, options.heartbeat), spec, storage_url)
     kwargs = {"per_site": per_site, **(objective_kwargs or {})}
     if objective_name == "constrained":
         kwargs.setdefault("delta", delta)
@@ -246,7 +248,7 @@ def _study_spec(
     }
     if options.objective == "constrained":
         attrs["delta"] = float(options.delta)
-    return StudySpec(name, OBJECTIVES[options.objective], attrs)
+    return StudySpec(name, OBJECTIVES[options.objective], attrs, METRIC_NAMES[options.objective])
 
 
 def _study_params(problem: AndcProblem, options: StudyOptions, name: str) -> dict[str, Any]:

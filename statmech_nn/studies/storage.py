@@ -6,12 +6,15 @@ safe for processes on one machine, never the MLflow SQLite file); any SQLAlchemy
 heartbeat (:class:`Heartbeat`) and :class:`optuna.storages.RetryHeartbeatStaleTrialCallback`, so
 the trial of a worker that died is failed and re-queued by the next worker that starts a trial.
 A study resumed by name must match its directions and recorded attributes (:func:`check_study`).
+Study names follow one rule (:func:`andc_study_name`), so ``study andc RUN`` run twice (by hand,
+or after the demo) adds to one study; creating or resuming one is logged (``created study X in``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import warnings
 from collections.abc import Mapping
@@ -23,6 +26,8 @@ from urllib.parse import urlparse
 import optuna
 
 from statmech_nn.errors import ConfigError, StatmechError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_JOURNAL = Path("mlruns") / "optuna.journal"
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
@@ -195,13 +200,22 @@ def check_study_name(name: str) -> str:
     return text
 
 
+def andc_study_name(snp_run_id: str, kind: str, objective: str, per_site: bool = False) -> str:
+    """``andc-OBJECTIVE-KIND-RUNID8[-per-site]``: THE name of a study when none is given."""
+    return f"andc-{objective}-{kind}-{snp_run_id[:8]}" + ("-per-site" if per_site else "")
+
+
 @dataclass(frozen=True)
 class StudySpec:
-    """What defines a study: its name, directions, and attributes that must match on resume."""
+    """What defines a study: its name, directions, and attributes that must match on resume.
+
+    ``metric_names`` name the objectives (Optuna Dashboard's axes, the trials' MLflow metrics).
+    """
 
     name: str
     directions: tuple[str, ...]
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    metric_names: tuple[str, ...] = ()
 
 
 def _existing_study_id(storage: optuna.storages.BaseStorage, name: str) -> int | None:
@@ -241,17 +255,41 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def ensure_study(storage: optuna.storages.BaseStorage, spec: StudySpec) -> optuna.Study:
-    """Create study ``spec.name`` (recording ``spec.attrs``) or load it if it matches."""
+def ensure_study(
+    storage: optuna.storages.BaseStorage, spec: StudySpec, where: str | None = None
+) -> optuna.Study:
+    """Create study ``spec.name`` (recording ``spec.attrs`` and metric names) or load it if it
+    matches; logs which of the two happened (``where``: the storage URL for that line)."""
     if not check_study(storage, spec):
         try:
+            directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
             study = optuna.create_study(
-                storage=storage, study_name=spec.name, directions=list(spec.directions)
+                storage=storage, study_name=spec.name, directions=directions
             )
         except optuna.exceptions.DuplicatedStudyError:
             check_study(storage, spec)
         else:
             for key, value in spec.attrs.items():
                 study.set_user_attr(key, _jsonable(value))
+            _name_metrics(study, spec)
+            log.info("created study %s in %s", spec.name, _storage_label(storage, where))
             return study
-    return optuna.load_study(study_name=spec.name, storage=storage)
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    _name_metrics(study, spec)
+    log.info("resumed study %s (%d trials)", spec.name, len(study.get_trials(deepcopy=False)))
+    return study
+
+
+def _name_metrics(study: optuna.Study, spec: StudySpec) -> None:
+    """Give the study ``spec.metric_names`` unless it has names (older studies get them too)."""
+    if spec.metric_names and not study.metric_names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(spec.metric_names))
+
+
+def _storage_label(storage: optuna.storages.BaseStorage, where: str | None) -> str:
+    """Where a storage keeps its studies, for a log line: its file, or its redacted URL."""
+    if where is None:
+        return type(storage).__name__
+    return str(storage_file(where) or _redact(where))

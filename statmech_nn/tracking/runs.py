@@ -12,7 +12,14 @@ from statmech_nn.errors import ConfigError, TrackingError
 from statmech_nn.naming import KIND_TAG
 from statmech_nn.tracking.http import LOST, http_limits
 from statmech_nn.tracking.pending import TrackingLost, record_end
-from statmech_nn.tracking.uris import artifact_root, client, current_uri, first_line, is_remote
+from statmech_nn.tracking.uris import (
+    EXPERIMENT_TAGS,
+    artifact_root,
+    client,
+    current_uri,
+    first_line,
+    is_remote,
+)
 
 PROCESS_TAG = "statmech_nn.process"
 """Tag holding the host, pid and start time of the process that runs (or last resumed) a run."""
@@ -22,7 +29,7 @@ ENDED_BY_TAG = "statmech_nn.ended_by"
 
 
 def experiment_id(name: str) -> str:
-    """The id of experiment ``name``, created (with our artifact location) if missing.
+    """The id of experiment ``name``, created (with our artifact location and tags) if missing.
 
     Safe when several processes create the same experiment at once.
     """
@@ -33,7 +40,9 @@ def experiment_id(name: str) -> str:
     if found is not None:
         return found.experiment_id
     try:
-        return mlflow_client.create_experiment(name, artifact_location=artifact_root(current_uri()))
+        return mlflow_client.create_experiment(
+            name, artifact_location=artifact_root(current_uri()), tags=EXPERIMENT_TAGS
+        )
     except MlflowException:
         found = mlflow_client.get_experiment_by_name(name)
         if found is None:

@@ -14,7 +14,14 @@ from statmech_nn.tracking.http import PROBE, http_limits
 from statmech_nn.tracking.pending import pending_ends
 from statmech_nn.tracking.runs import ENDED_BY_TAG, sweep_dead_runs
 from statmech_nn.tracking.template import copy_template, drop_template, save_template
-from statmech_nn.tracking.uris import artifact_root, first_line, is_remote, resolve_uri, sqlite_path
+from statmech_nn.tracking.uris import (
+    EXPERIMENT_TAGS,
+    artifact_root,
+    first_line,
+    is_remote,
+    resolve_uri,
+    sqlite_path,
+)
 
 
 def init_store(uri: str | None = None) -> str:
@@ -109,7 +116,18 @@ def open_store(uri: str) -> None:
 
 
 def _relocate_default_experiment(db: Path, uri: str) -> None:
-    """Point the ``Default`` experiment of a new store at ``<artifact root>/0``, like ours."""
+    """Point the ``Default`` experiment of a new store at ``<artifact root>/0`` and tag it, like
+    the experiments we create.
+
+    No public MLflow API changes an experiment's artifact location: ``MlflowClient`` and the
+    store (``AbstractStore``) only rename, delete, restore and tag experiments, and the store
+    constructor's ``default_artifact_root`` cannot reach a database copied from the template
+    (:mod:`~statmech_nn.tracking.template`), whose ``Default`` row names the template's folder.
+    So the location is one SQL ``UPDATE`` on the new, not yet shared file; the tags go through
+    the client.
+    """
+    from mlflow.tracking import MlflowClient
+
     root = artifact_root(uri)
     if root is None:
         return
@@ -118,6 +136,9 @@ def _relocate_default_experiment(db: Path, uri: str) -> None:
             "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
             (root + "/0",),
         )
+    mlflow_client = MlflowClient(tracking_uri=uri)
+    for key, value in EXPERIMENT_TAGS.items():
+        mlflow_client.set_experiment_tag("0", key, value)
 
 
 def use_store(uri: str | None = None) -> str:

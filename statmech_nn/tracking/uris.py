@@ -8,6 +8,8 @@ from urllib.parse import urlparse
 
 DEFAULT_DB = Path("mlruns") / "mlflow.db"
 REMOTE_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+"""Tags of the experiments we create: MLflow's UI opens them on the runs view, not the GenAI one."""
 
 
 def default_tracking_uri() -> str:

@@ -137,14 +137,17 @@ def _train(
     if resume is not None:
         _restore(state, resume)
     state.net = _wrap_for_dist(state)
-    with _run_context(state, resume_run_id) as active:
+    with records.system_metrics(), _run_context(state, resume_run_id) as active:
         run_id = broadcast(active.info.run_id if dist.main else None, dist)
         if dist.main and resume_run_id is None:
             _record_start(state, run_id)
         elif dist.main and resume is not None:
             _catch_up_metrics(state, run_id, resume)
+        epoch_log = records.EpochLog(state.config, state.start_epoch, on_epoch_end)
         for epoch in range(state.start_epoch, state.config.epochs):
-            _run_epoch(state, epoch, run_id, on_epoch_end)
+            _run_epoch(state, epoch, run_id, epoch_log)
+        if dist.main:
+            epoch_log.finish(run_id)
     return run_id
 
 
