@@ -1,4 +1,8 @@
-"""Every README snippet runs, as written, on the output of ``statmech-nn demo`` (run once)."""
+"""Every README snippet runs, as written, on the output of ``statmech-nn demo`` (run once).
+
+Shell lines run through bash, so quoting is bash's; ``statmech-nn`` there imports this checkout
+through ``PYTHONPATH``.
+"""
 
 from __future__ import annotations
 
@@ -131,7 +135,7 @@ def _run_shell(code: str, demo: DemoOutput) -> None:
         argv = shlex.split(line)
         assert argv[0] == "statmech-nn", line
         done = subprocess.run(
-            [sys.executable, "-m", "statmech_nn", *argv[1:]],
+            ["bash", "-c", line],
             cwd=demo.folder,
             env=_env(demo.folder),
             capture_output=True,
