@@ -39,14 +39,40 @@ def depth_profile(
             ax_acc.plot(layer, st["accuracy"].values, "o-", label=kind)
         snr = st[f"snr_{snr_variant}"].values.astype(float)
         ax_snr.plot(layer, np.where(np.isfinite(snr), snr, np.nan), "o-", label=kind)
-    ax_acc.set(xlabel="layer", ylabel="readout accuracy", title="accuracy along depth")
-    ax_snr.set(xlabel="layer", ylabel=f"SNR ({snr_variant})", title="SNR along depth")
+    ax_acc.set(
+        xlabel="block", ylabel="readout accuracy (test)", title="Readout accuracy along depth"
+    )
+    ax_snr.set(
+        xlabel="block", ylabel=f"SNR ({snr_variant} variant)", title="Signal-to-noise along depth"
+    )
     for ax in (ax_acc, ax_snr):
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_ticks(ax, layer)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+            ax.legend(title="site", fontsize=8)
+    theta = _theta_of(stats)
+    if theta is not None:
+        fig.suptitle(f"Accuracy and SNR along depth (theta = {theta:g})", fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)
+
+
+def _theta_of(stats: Mapping[str, xr.Dataset]) -> float | None:
+    for st in stats.values():
+        if "theta" in st.attrs:
+            return float(st.attrs["theta"])
+    return None
+
+
+def _integer_ticks(ax, values) -> None:
+    """Integer ticks on x; exactly the values when there are few (no 0.95..1.05 for one)."""
+    values = np.unique(np.asarray(values, float))
+    if 0 < len(values) <= 12:
+        ax.set_xticks(values)
+        if len(values) == 1:
+            ax.set_xlim(values[0] - 1, values[0] + 1)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def node_gallery(
@@ -75,11 +101,25 @@ def node_gallery(
             ax.set_yticks([])
             if j < len(chosen):
                 ax.imshow(layer.isel(node=int(chosen[j])).values, cmap="Greys", vmin=0, vmax=1)
-                ax.set_title(f"L{int(binary['layer'][i])} n{int(chosen[j])}", fontsize=7)
+                ax.set_title(f"block {int(binary['layer'][i])}, node {int(chosen[j])}", fontsize=7)
+                if j == 0:
+                    ax.set_ylabel("true label", fontsize=7)
+                if i == layers - 1:
+                    ax.set_xlabel("output label", fontsize=7)
             else:
                 ax.axis("off")
-    fig.suptitle(f"binarised node matrices (theta = {binary.attrs.get('theta', '?')})")
+    kind = _kind_of_name(binary.name)
+    theta = binary.attrs.get("theta", "?")
+    fig.suptitle(f"Binarised {kind} node matrices, black: M / max(M) > theta = {theta}", fontsize=9)
     return _save(fig, path)
+
+
+def _kind_of_name(name) -> str:
+    """``ff`` from ``snp_ff_binary`` (the name binarisation gives), else "node"."""
+    text = str(name or "")
+    if text.startswith("snp_"):
+        return text[len("snp_") :].removesuffix("_binary")
+    return "node"
 
 
 def expertise_heatmaps(sym: xr.Dataset, path: str | os.PathLike) -> Path:
@@ -105,25 +145,42 @@ def expertise_heatmaps(sym: xr.Dataset, path: str | os.PathLike) -> Path:
         ax.set_xlabel("label")
         ax.set_ylabel("head")
         ax.set_yticks(range(s.sizes["head"]))
-        fig.colorbar(im, ax=ax, fraction=0.046)
+        bar = fig.colorbar(im, ax=ax, fraction=0.046)
+        bar.set_label("nodes recognising the label", fontsize=7)
     ax = flat[layers]
     _q_with_band(ax, sym["layer"].values, sym["Q"], sym["Q_null_mean"], sym["Q_null_std"])
-    ax.set(xlabel="block", ylabel="Q", title="Q along depth")
+    ax.set(xlabel="block", ylabel="Q", title="Q along depth beside its null band")
     for extra in flat[layers + 1 :]:
         extra.axis("off")
+    kind, theta = sym.attrs.get("kind", "mha"), sym.attrs.get("theta", "?")
+    fig.suptitle(f"Expertise of the {kind} heads per label (theta = {theta})", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
 def _q_with_band(ax, x, q, mean, std) -> None:
+    """Q against ``x`` beside the null band, on a y range that fits both (not a fixed 0..1)."""
     mean, std = np.asarray(mean, float), np.asarray(std, float)
-    ax.fill_between(x, mean - 2 * std, mean + 2 * std, color="grey", alpha=0.3, label="null ±2σ")
-    ax.plot(x, mean, "--", color="grey")
-    ax.plot(x, np.asarray(q, float), "o-", color="C3", label="Q")
-    ax.set_ylim(-0.02, 1.02)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    q = np.asarray(q, float)
+    low, high = mean - 2 * std, mean + 2 * std
+    ax.fill_between(x, low, high, color="grey", alpha=0.3, label="null mean ± 2σ")
+    ax.plot(x, mean, "--", color="grey", label="null mean")
+    ax.plot(x, q, "o-", color="C3", label="Q")
+    ax.set_ylim(*q_limits(q, low, high))
+    _integer_ticks(ax, x)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+
+
+def q_limits(q, low, high) -> tuple[float, float]:
+    """A y range holding every Q and the whole null band with a margin, inside [0, 1]."""
+    values = np.concatenate([np.ravel(q), np.ravel(low), np.ravel(high)])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(values.min()), float(values.max())
+    margin = max(0.1 * (hi - lo), 0.01)
+    return max(lo - margin, 0.0), min(hi + margin, 1.0)
 
 
 def q_over_training(q: xr.Dataset, path: str | os.PathLike) -> Path:
@@ -143,9 +200,13 @@ def q_over_training(q: xr.Dataset, path: str | os.PathLike) -> Path:
         flat[i].set(xlabel="epoch", ylabel="Q", title=f"block {int(q['layer'][i])}")
     for extra in flat[layers:]:
         extra.axis("off")
-    fig.suptitle("head symmetry breaking over training")
+    kind = q.attrs.get("kind", "mha")
+    fig.suptitle(f"Head symmetry breaking of the {kind} heads over training: Q beside its null")
     fig.tight_layout()
     return _save(fig, path)
+
+
+SCALING_LABELS = {"error": "error rate", "snr": "SNR", "cluster_size": "cluster size"}
 
 
 def scaling_curves(result: xr.Dataset, path: str | os.PathLike) -> Path:
@@ -163,8 +224,31 @@ def scaling_curves(result: xr.Dataset, path: str | os.PathLike) -> Path:
         slope, intercept = float(result[f"{name}_slope"]), float(result[f"{name}_intercept"])
         ax.plot(k, intercept + slope * k, "-", color="C3")
         ax.set(
-            xlabel="K (labels)", ylabel=name, title=f"{name}: R²={float(result[f'{name}_r2']):.2f}"
+            xlabel="K (labels)",
+            ylabel=SCALING_LABELS.get(name, name),
+            title=f"{SCALING_LABELS.get(name, name)} against K: R² = "
+            f"{float(result[f'{name}_r2']):.2f}",
         )
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def training_curves(series: Mapping[str, list[tuple[int, float]]], path: str | os.PathLike) -> Path:
+    """Accuracy and loss against epoch of the ``{metric: [(epoch, value), ...]}`` histories."""
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.6))
+    epochs: list[int] = []
+    for key, points in series.items():
+        ax = ax_acc if key.endswith("acc") else ax_loss
+        split = key.split("_")[0]
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", ms=3, label=split)
+        epochs.extend(p[0] for p in points)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy during training")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss during training")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        _integer_ticks(ax, epochs)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(title="split", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from statmech_nn import report
 
 
@@ -23,7 +25,50 @@ def test_layer_metrics_go_to_the_layer_table_and_the_rest_are_scalars():
         "layer2": {"acc.readout.module": 0.75},
     }
     assert list(cells) == ["block0", "block1", "conv10", "layer2"]
-    assert report._scalars(metrics) == {"andc.accuracy": "0.9", "block3": "7"}
+    assert report.scalar_metrics(metrics) == {"andc.accuracy": "0.9", "block3": "7"}
     columns, rows, table = report.layer_table(metrics)
-    assert rows == list(cells) and columns == sorted({f for r in cells.values() for f in r})
+    assert rows == list(cells) and set(columns) == {f for r in cells.values() for f in r}
     assert table[0][columns.index("order.Q")] == "0.5"
+
+
+def test_layer_table_groups_columns_by_site_kind_snr_first_head_symmetry_last():
+    metrics = {
+        f"{family}.{kind}.block0": 1.0
+        for family in ("noise", "snr", "signal", "clusters")
+        for kind in ("mha", "ff")
+    }
+    metrics |= {"order.Q.block0": 0.1, "order.Q_null_mean.block0": 0.05}
+    columns, _, _ = report.layer_table(metrics)
+    groups = [report.tables.split_family(c)[0] for c in columns]
+    assert groups == sorted(groups, key=lambda g: (g == "heads", g))  # each kind contiguous
+    for kind in ("ff", "mha"):
+        mine = [c for c in columns if c.endswith("." + kind)]
+        assert mine[0] == f"snr.{kind}"
+    assert columns[-2:] == ["order.Q", "order.Q_null_mean"]
+    html, names = report.layer_table_html(metrics)
+    assert html.count("<table") == 2 and names == set(columns)  # head symmetry its own table
+
+
+def test_glossary_covers_the_metric_names_the_analyses_write():
+    from statmech_nn.order.metrics import Q_METRICS, SITE_METRICS
+
+    families = [f"{f}.ff" for f in (*SITE_METRICS, "snr", "acc.readout")]
+    families += [f"order.{name}" for name in Q_METRICS]
+    assert all(report.term_of(f) is not None for f in families)
+    shorts = [report.term_of(f).short for f in families]
+    assert len(set(shorts)) == len(shorts)  # no two columns look alike
+
+
+def test_q_axis_fits_the_effect_and_its_null_band():
+    from statmech_nn.figures import q_limits
+
+    lo, hi = q_limits([0.02, 0.03], [0.01, 0.012], [0.025, 0.028])
+    assert 0.0 <= lo <= 0.01 and 0.03 <= hi < 0.2  # not squeezed into a 0..1 axis
+    assert q_limits([0.9], [0.1], [0.2]) == pytest.approx((0.02, 0.98))
+
+
+def test_captions_say_what_is_shown_with_the_run_settings():
+    kind = report.section_kind("order")
+    text = report.caption(kind, "figures/gallery_mha.png", {"theta": "0.4"})
+    assert "mha nodes" in text and "theta = 0.4" in text and ".png" not in text
+    assert report.caption(None, "figures/some_plot.png", {}) == "Some plot."
