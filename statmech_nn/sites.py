@@ -8,7 +8,7 @@ A site spec names the sites to read, as a comma-separated string (or a list of i
 - a site name (``block3.mha``, ``conv4``), a kind (``mha``, ``ff``: every layer of that kind) or a
   layer prefix (``block3``: every site of block 3);
 - a module path of any ``nn.Module`` followed by optional ``:``-separated options, e.g.
-  ``encoder.layers.1.mlp:heads=4`` or ``classifier.blocks.0.self_attn.proj:input:heads=4:kind=mha``.
+  ``encoder.layers.1.mlp`` or ``classifier.blocks.0.self_attn.proj:input:heads=4:kind=mha``.
   Options: ``heads=H`` (group the nodes into H equal contiguous heads), ``input`` / ``output``
   (forward pre-hook on the first positional input, or forward hook on the output; default
   output), ``tokens`` / ``channels_first`` (layout; default: ``channels_first`` for 4-D outputs,
