@@ -91,11 +91,12 @@ def import_run(
     splits = data_for_config(data, augment="none")
     size = img_size if img_size is not None else (getattr(splits, "img_size", None) or None)
     net = load_foreign(model, weights, num_classes=int(splits.num_classes), img_size=size)
-    if img_size is None and net.config.get("img_size"):
-        size = int(net.config["img_size"])  # a directory's model says what it takes
+    model_config: dict[str, Any] = dict(getattr(net, "config", {}))
+    if img_size is None and model_config.get("img_size"):
+        size = int(model_config["img_size"])  # a directory's model says what it takes
     provenance = dict(getattr(net, "provenance", {}))
     config = run_config(
-        dataset, dict(net.config), provenance, data_root, dataset_options, size, val_fraction, seed
+        dataset, model_config, provenance, data_root, dataset_options, size, val_fraction, seed
     )
     params = {k: v for k, v in config.items() if k != "model_config"}
     params["num_classes"] = int(splits.num_classes)
@@ -110,6 +111,6 @@ def import_run(
     with tracking.run(experiment, run_name=run_name, tags=tags) as active:
         run_id = active.info.run_id
         mlflow.log_params(flat_params(params))
-        state = model_state(IMPORTED_EPOCH, net, net.config, config)
+        state = model_state(IMPORTED_EPOCH, net, model_config, config)
         tracking.log_checkpoint(run_id, state, IMPORTED_EPOCH)
     return run_id
