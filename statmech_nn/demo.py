@@ -2,7 +2,9 @@
 
 The demo is the public commands chained, nothing more: each step calls the library function
 that its command runs, is printed as the exact ``statmech-nn`` command that a researcher can
-rerun or vary, and every result lands in MLflow.
+rerun or vary, and every result lands in MLflow. The text task (``demo --task text``) fine-tunes
+a small BERT-style encoder on the procedural ``textsynth`` set and runs the same analyses, plus
+node cooperation where the package has it (:func:`cooperation_step`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,41 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model_options": {},
         "data_options": {},
     },
+    "textsynth": {
+        "task": "text",
+        "model": "hf:bert-tiny-text",
+        "dataset": "textsynth",
+        "epochs": 8,
+        "checkpoint_every": 2,
+        "batch_size": 32,
+        "lr": 3e-3,
+        "readout_epochs": 10,
+        "null_permutations": 500,
+        "trials": 30,
+        "model_options": {},
+        "data_options": {"max_length": 32},
+    },
 }
+
+TASKS: dict[str, tuple[str, ...]] = {
+    "image": ("digits", "synthetic", "cifar100"),
+    "text": ("textsynth",),
+}
+"""The demo datasets of each task; the first is the task's default."""
+
+
+def preset_for(task: str = "image", dataset: str | None = None) -> str:
+    """The preset of ``task`` on ``dataset`` (default: the task's first); ConfigError if none."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown demo task {task!r}; choose one of {', '.join(TASKS)}")
+    if dataset is None:
+        return TASKS[task][0]
+    if dataset not in TASKS[task]:
+        raise ConfigError(
+            f"the {task} demo runs on {', '.join(TASKS[task])}, not {dataset!r}"
+            + ("" if task == "text" else "; for text pass --task text")
+        )
+    return dataset
 
 
 @dataclass
@@ -67,6 +103,7 @@ class DemoResult:
     snp_run_id: str = ""
     order_run_id: str = ""
     study_run_id: str = ""
+    cooperation_run_id: str = ""
     report_path: str = ""
     commands: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -188,6 +225,8 @@ def run(settings: dict[str, Any], quiet: bool = False) -> DemoResult:
     snp_id = result.snp_run_id
     result.order_run_id = step("order", order_argv(s, snp_id), lambda: _order(s, snp_id, out))
     result.study_run_id = step("study", study_argv(s, snp_id), lambda: _study(s, snp_id, out))
+    if s.get("task") == "text":
+        cooperation_step(s, snp_id, step, out, result)
     report_argv = ["report", train_id, *_common(s)]
     result.report_path = step("report", report_argv, lambda: _report(s, train_id, out))
     return result
@@ -278,6 +317,53 @@ def _study(s: dict[str, Any], snp_id: str, out: Callable[..., None]) -> str:
     result = studies.for_run(snp_id, options, kind="ff", tracking_uri=s["tracking_uri"])
     out(*result_lines(result))
     return result["study_run_id"] or ""
+
+
+def cooperation_function() -> Callable[..., Any] | None:
+    """``for_run`` of the node-cooperation analysis (METHODS.md section 11), if this package has it.
+
+    Looked up as ``statmech_nn.cooperation.for_run`` (or ``statmech_nn.cooperation_run.for_run``);
+    ``None`` while only the cooperation science, without its MLflow run, is installed.
+    """
+    import importlib
+
+    for module in ("statmech_nn.cooperation", "statmech_nn.cooperation_run"):
+        try:
+            found = getattr(importlib.import_module(module), "for_run", None)
+        except ImportError:
+            continue
+        if callable(found):
+            return found
+    return None
+
+
+def cooperation_argv(s: dict[str, Any], snp_run_id: str) -> list[str]:
+    argv = ["cooperation", snp_run_id, "--kind", "ff"]
+    if s["device"] != "auto":
+        argv += ["--device", s["device"]]
+    return argv + _common(s)
+
+
+def cooperation_step(
+    s: dict[str, Any],
+    snp_id: str,
+    step: Callable[[str, list[str], Callable[[], str]], str],
+    out: Callable[..., None],
+    result: DemoResult,
+) -> None:
+    """The cooperation step of the text demo: run where available, else say it is skipped."""
+    for_run = cooperation_function()
+    if for_run is None:  # CALL SITE: the cooperation run (METHODS.md section 11) plugs in here
+        print("\n=== cooperation: skipped (statmech_nn.cooperation.for_run is not installed)")
+        return
+
+    def work() -> str:
+        done = for_run(snp_id, kind="ff", device=_device(s), tracking_uri=s["tracking_uri"])
+        run_id = str(getattr(done, "run_id", "") or "")
+        out(run_id)
+        return run_id
+
+    result.cooperation_run_id = step("cooperation", cooperation_argv(s, snp_id), work)
 
 
 def _report(s: dict[str, Any], train_id: str, out: Callable[..., None]) -> str:

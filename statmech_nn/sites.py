@@ -8,7 +8,7 @@ A site spec names the sites to read, as a comma-separated string (or a list of i
 - a site name (``block3.mha``, ``conv4``), a kind (``mha``, ``ff``: every layer of that kind) or a
   layer prefix (``block3``: every site of block 3);
 - a module path of any ``nn.Module`` followed by optional ``:``-separated options, e.g.
-  ``encoder.layers.1.mlp:heads=4`` or ``classifier.blocks.0.self_attn.proj:input:heads=4:kind=mha``.
+  ``encoder.layers.1.mlp`` or ``classifier.blocks.0.self_attn.proj:input:heads=4:kind=mha``.
   Options: ``heads=H`` (group the nodes into H equal contiguous heads), ``input`` / ``output``
   (forward pre-hook on the first positional input, or forward hook on the output; default
   output), ``tokens`` / ``channels_first`` (layout; default: ``channels_first`` for 4-D outputs,
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from statmech_nn.batches import Inputs, call_model
 from statmech_nn.errors import StatmechError, UnknownNameError
 from statmech_nn.naming import layer_label_of_site_name
 
@@ -260,6 +261,8 @@ class _StopForward(BaseException):
 class ActivationCapture:
     """Context manager: hooks on ``sites``; calling it runs ``model(x)`` and returns activations.
 
+    ``x`` is an image tensor or a text batch's dict (``statmech_nn.batches.call_model``).
+
     ``capture(x)`` returns ``{site.name: float32 tensor [B, T, N]}`` (detached, contiguous, and
     copied when it shares memory with a tensor the rest of the forward could modify in place,
     as some models do). With ``stop_early`` the forward pass is cut right after the last site's
@@ -318,12 +321,12 @@ class ActivationCapture:
             handle.remove()
         self._handles.clear()
 
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, x: Inputs) -> dict[str, torch.Tensor]:
         if not self._handles:
             raise RuntimeError("ActivationCapture must be used inside a 'with' block")
         self._store = {}
         try:
-            self.model(x)
+            call_model(self.model, x)
         except _StopForward:
             pass
         missing = [s.name for s in self.sites if s.name not in self._store]

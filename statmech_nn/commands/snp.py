@@ -1,10 +1,16 @@
-"""``statmech-nn snp RUN_ID``: single-node matrices of a trained run, logged in a child run."""
+"""``statmech-nn snp RUN_ID``: single-node matrices of a trained run, logged in a child run.
+
+``statmech-nn snp --model NAME --weights FILE --dataset DATA`` first records a model trained
+elsewhere as a new run (:func:`statmech_nn.foreign.runs.import_run`), then analyses that run.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from statmech_nn.commands import options
+from statmech_nn.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,10 +23,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the test split (METHODS.md sections 3-4). The tensor is logged in a child run "
             "'snp' nested under the training run: artifact snp/snp.nc, metrics "
             "acc.readout.{kind}.{block_i|conv_i}, every choice as a param. Prints the child run "
-            "id on the last line; load the tensor with statmech_nn.load_snp(RUN_ID)."
+            "id on the last line; load the tensor with statmech_nn.load_snp(RUN_ID). A model "
+            "trained elsewhere: give --model NAME --weights FILE --dataset DATA instead of "
+            "RUN_ID; it is first logged as a new run (its provenance: model, weights path and "
+            "SHA-256) whose id is printed before the child run's, for order and study."
         ),
     )
-    parser.add_argument("run_id", metavar="RUN_ID", help="the MLflow id of a training run")
+    parser.add_argument(
+        "run_id", metavar="RUN_ID", nargs="?", default=None, help="the MLflow id of a training run"
+    )
+    _add_foreign(parser.add_argument_group("a model trained elsewhere (instead of RUN_ID)"))
     parser.add_argument(
         "--epoch",
         type=int,
@@ -72,14 +84,80 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _add_foreign(group: Any) -> None:
+    from statmech_nn.commands.train import _key_value
+
+    group.add_argument(
+        "--model",
+        metavar="NAME",
+        default=None,
+        help=(
+            "registry name of the model (hf:NAME, timm:NAME, torchvision:NAME or ours; "
+            "hf:PATH for a local Hugging Face directory)"
+        ),
+    )
+    group.add_argument(
+        "--weights",
+        metavar="FILE",
+        default=None,
+        help=(
+            "its weights: a .safetensors or torch state dict file (read without pickle), or a "
+            "local Hugging Face directory for hf: models"
+        ),
+    )
+    group.add_argument("--dataset", default=None, help="the dataset it was trained on")
+    group.add_argument("--data-root", metavar="DIR", default=None, help="folder of the datasets")
+    group.add_argument(
+        "--data-option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a dataset option, e.g. max_length=32 for text sets (repeatable)",
+    )
+    group.add_argument("--img-size", type=int, default=None, help="image size the model takes")
+    group.add_argument(
+        "--experiment", default="statmech-nn", help="MLflow experiment of the new run"
+    )
+
+
+def _foreign_run(args: argparse.Namespace) -> str | None:
+    """The id of the new run holding ``--model``/``--weights``, or None for a RUN_ID."""
+    given = args.model is not None or args.weights is not None
+    if args.run_id is not None and given:
+        raise ConfigError("give either RUN_ID or --model/--weights, not both")
+    if args.run_id is not None:
+        return None
+    if args.model is None:
+        raise ConfigError("give a training RUN_ID, or --model NAME (with --weights FILE)")
+    if args.dataset is None:
+        raise ConfigError("--model needs --dataset: the data the model was trained on")
+    options.at_least("--img-size", args.img_size, 1)
+    from statmech_nn.foreign.runs import import_run
+
+    return import_run(
+        args.model,
+        args.dataset,
+        weights=args.weights,
+        data_root=args.data_root,
+        dataset_options=dict(args.data_option),
+        img_size=args.img_size,
+        experiment=args.experiment,
+        tracking_uri=args.tracking_uri,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from statmech_nn import snp
 
     readout = options.readout_options(args, minimum_epochs=1)
     options.at_least("--chunk-size", args.chunk_size, 1)
     options.sample_limits(args)
+    imported = _foreign_run(args)
+    if imported is not None:
+        print(f"model run {imported}")
     child_id, ds = snp.compute_for_run(
-        args.run_id,
+        imported or args.run_id,
         epoch=args.epoch,
         sites=args.sites,
         chunk_size=args.chunk_size,

@@ -185,9 +185,10 @@ def padding_mask(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
 class TextSplits(Splits):
     """``Splits`` of a text dataset: samples in the text batch format of this module.
 
-    ``img_size``, ``channels``, ``mean`` and ``std`` are 0 / empty; ``max_length`` is the sequence
-    length ``T``. ``vocab`` is the word vocabulary (``None`` with a ``transformers`` tokenizer,
-    whose folder is ``tokenizer``); ``token_names`` lists the string of every token id.
+    ``img_size`` is ``None`` (so training keeps the model's own), ``channels``, ``mean`` and
+    ``std`` are 0 / empty; ``max_length`` is the sequence length ``T``. ``vocab`` is the word
+    vocabulary (``None`` with a ``transformers`` tokenizer, whose folder is ``tokenizer``);
+    ``token_names`` lists the string of every token id.
     """
 
     max_length: int = 0

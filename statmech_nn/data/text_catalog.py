@@ -279,7 +279,7 @@ def load_text(
         test=View(test, range(len(test)), identity),
         classes=list(raw.classes),
         num_classes=len(raw.classes),
-        img_size=0,
+        img_size=None,  # type: ignore[arg-type]  # no image size: the model keeps its own
         channels=0,
         mean=(),
         std=(),

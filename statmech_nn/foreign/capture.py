@@ -114,8 +114,9 @@ def _emit_block(layer: nn.Module, args: tuple, kwargs: dict, output: Any) -> Non
 
 def _remember_size(encoder: nn.Module, args: tuple, kwargs: dict) -> None:
     src = args[0] if args else kwargs.get("src")
-    if isinstance(src, torch.Tensor) and not src.is_nested:
-        for layer in encoder.layers:
+    layers = encoder.layers
+    if isinstance(src, torch.Tensor) and not src.is_nested and isinstance(layers, nn.ModuleList):
+        for layer in layers:
             setattr(layer, _PADDED_SIZE, src.shape)
             setattr(layer.self_attn, _PADDED_SIZE, src.shape)
 

@@ -3,7 +3,8 @@
 ``<name>`` is a named config below (random weights), a local model directory, or a model id
 already in the Hugging Face cache (``local_files_only``: nothing is downloaded). Images (float
 tensors) go in as ``pixel_values``, token ids (integer tensors) as ``input_ids`` with the
-padding mask ``ids != pad_token_id``. The model's config (the non-default values) is kept in
+batch's ``attention_mask`` (``statmech_nn.batches.call_model``), or ``ids != pad_token_id``
+without one. The model's config (the non-default values) is kept in
 ``model.config["hf_config"]`` so a checkpoint rebuilds without the directory.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from statmech_nn.errors import CheckpointError, UnknownNameError
+from statmech_nn.errors import CheckpointError, ConfigError, UnknownNameError
 from statmech_nn.foreign.extras import require
 from statmech_nn.foreign.wrapper import ForeignModel
 
@@ -34,6 +35,11 @@ NAMED: dict[str, tuple[str, dict[str, Any]]] = {
         "bert",
         dict(num_hidden_layers=2, num_attention_heads=2, hidden_size=16, intermediate_size=32)
         | _TINY_TEXT,
+    ),
+    "bert-tiny-text": (  # trains on textsynth on 2 CPU cores in seconds (vocab up to 512 words)
+        "bert",
+        dict(num_hidden_layers=2, num_attention_heads=4, hidden_size=32, intermediate_size=64)
+        | dict(vocab_size=512, max_position_embeddings=128),
     ),
     "roberta-tiny": (
         "roberta",
@@ -65,12 +71,23 @@ NAMED: dict[str, tuple[str, dict[str, Any]]] = {
 class HFClassifier(ForeignModel):
     """A ``transformers`` classifier whose ``forward(x)`` returns the logits tensor."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of images ``x`` or token ids ``x`` with their ``attention_mask`` (1 = real).
+
+        Token ids without a mask are masked where they equal the config's ``pad_token_id``.
+        """
         if x.is_floating_point():
             return self.net(pixel_values=x).logits
-        pad = getattr(self.net.config, "pad_token_id", None)
-        mask = None if pad is None else (x != pad).long()
-        return self.net(input_ids=x, attention_mask=mask).logits
+        vocab = getattr(self.net.config, "vocab_size", None)
+        if vocab is not None and x.numel() and int(x.max()) >= vocab:
+            raise ConfigError(
+                f"token id {int(x.max())} is outside the model's vocabulary of {vocab}: cap the "
+                f"data's vocabulary (--data-option vocab_size={vocab}) or build a larger model"
+            )
+        if attention_mask is None:
+            pad = getattr(self.net.config, "pad_token_id", None)
+            attention_mask = None if pad is None else (x != pad).long()
+        return self.net(input_ids=x, attention_mask=attention_mask).logits
 
 
 def _stored(config: Any) -> dict[str, Any]:

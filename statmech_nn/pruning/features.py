@@ -154,23 +154,41 @@ def site_features(
     pool_weight: torch.Tensor | None = None,
     pool_bias: torch.Tensor | float | None = None,
     tokens_major: bool = False,
+    mask: torch.Tensor | None = None,
 ) -> SiteFeatures:
     """Readout inputs of one site from its activations ``a[b, t, n]`` (METHODS.md sections 3-4).
 
     ``seqpool``: ``w = softmax_t(a . g + g0)``, inputs ``z = sum_t w_t a_t`` (``g = pool_weight``
     ``[n]``, ``g0 = pool_bias``); ``mean``: token mean; ``flatten``: the per-node fields
     ``f_n(b, j) = sum_t W[j, n, t] a[b, t, n]`` with ``weight`` ``[j, n, t]`` or ``[j, n*t]``.
+    ``mask [b, t]``: the real positions of text (pooling over them only, zeros at padding for
+    ``flatten``; ``statmech_nn.text_masks``).
     """
     import torch
 
     with torch.no_grad():
         return _site_features(
-            activations, readout, weight, pool_weight, pool_bias, tokens_major, torch
+            activations, readout, weight, pool_weight, pool_bias, tokens_major, torch, mask
         )
 
 
-def _site_features(activations, readout, weight, pool_weight, pool_bias, tokens_major, torch):
+def _site_features(
+    activations, readout, weight, pool_weight, pool_bias, tokens_major, torch, mask=None
+):
+    from statmech_nn.text_masks import masked_mean, masked_seqpool, zero_padding
+
     a = activations.detach().to("cpu", torch.float32)
+    if mask is not None:
+        mask = mask.detach().to("cpu")
+        if readout == "seqpool":
+            g = pool_weight.detach().reshape(-1).to("cpu", torch.float32)
+            g0 = torch.as_tensor(0.0 if pool_bias is None else pool_bias).detach().float()
+            inputs = masked_seqpool(a, mask, g, g0.reshape(()))
+            return SiteFeatures("pooled", inputs.numpy(), weight.detach().cpu().float().numpy())
+        if readout == "mean":
+            inputs = masked_mean(a, mask)
+            return SiteFeatures("pooled", inputs.numpy(), weight.detach().cpu().float().numpy())
+        a = zero_padding(a, mask)
     w = weight.detach().to("cpu", torch.float32)
     if readout == "seqpool":
         if pool_weight is None:

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from statmech_nn.readout.modules import Readout, SeqPoolReadout
+from statmech_nn.text_masks import masked_softmax
 
 __all__ = ["BatchedReadout", "equal_shape_groups"]
 
@@ -47,24 +48,32 @@ class BatchedReadout(nn.Module):
             self.pool_weight = nn.Parameter(torch.stack([p.weight.detach()[0] for p in pools]))
             self.pool_bias = nn.Parameter(torch.stack([p.bias.detach()[0] for p in pools]))
 
-    def pooled(self, f: torch.Tensor) -> torch.Tensor:
-        """``seqpool``: the pooled ``[S, B, N]`` from ``[S, B, T, N]``; else ``f`` itself."""
+    def pooled(self, f: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``seqpool``: the pooled ``[S, B, N]`` from ``[S, B, T, N]``; else ``f`` itself.
+
+        ``mask [B, T]`` (text): padded positions get pooling weight 0.
+        """
         if self.kind != "seqpool":
             return f
         s, b, t, n = f.shape
         scores = torch.baddbmm(
             self.pool_bias.view(s, 1, 1), f.reshape(s, b * t, n), self.pool_weight.view(s, n, 1)
-        )
-        weights = torch.softmax(scores.view(s, b, t), dim=2)
+        ).view(s, b, t)
+        if mask is None:
+            weights = torch.softmax(scores, dim=2)
+        else:
+            weights = masked_softmax(scores, mask.bool()[None].expand_as(scores), dim=2)
         pooled = torch.bmm(weights.reshape(s * b, 1, t).to(f.dtype), f.reshape(s * b, t, n))
         return pooled.view(s, b, n)
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(self.pooled(f), self.weight.transpose(1, 2))
+    def forward(self, f: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.bmm(self.pooled(f, mask), self.weight.transpose(1, 2))
 
-    def loss(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, f: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Sum over the readouts of their mean cross-entropy on labels ``y [B]``."""
-        logits = self(f)
+        logits = self(f, mask)
         s, b, labels = logits.shape
         return F.cross_entropy(logits.reshape(s * b, labels), y.repeat(s), reduction="sum") / b
 

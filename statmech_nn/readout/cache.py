@@ -7,7 +7,9 @@ flattening for ``flatten``), and all epochs train on it. Sites of equal feature 
 stacked (``[S, samples, *features]``) so that batched readouts gather a step's batch in one
 ``index_select``. The cache lives in memory (on the training device) or in memory-mapped files,
 under a byte budget; sites that do not fit together are cached in groups by depth, each pass
-cut after its group's last site.
+cut after its group's last site. For text the cache also holds the padding mask of every sample
+(``mask [samples, T]``): ``mean`` and ``flatten`` features are masked when cached, ``seqpool``
+applies it again at every step (its pooling weights change while it trains).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from statmech_nn.batches import head, padding_mask
 from statmech_nn.readout.loading import batch_to, progress_bar
-from statmech_nn.readout.modules import feature_shape, readout_class
+from statmech_nn.readout.modules import feature_shape, readout_class, site_mask
 from statmech_nn.sites import ActivationCapture, Site
 
 __all__ = [
@@ -59,7 +62,7 @@ def probe_shapes(
     """``{name: (tokens, nodes)}`` of every site, in the order the forward pass reaches them."""
     x, _ = batch_to(next(iter(loader)), device)
     with ActivationCapture(model, sites) as capture, torch.no_grad():
-        acts = capture(x[:2])
+        acts = capture(head(x, 2))
     return {name: (int(a.shape[1]), int(a.shape[2])) for name, a in acts.items()}
 
 
@@ -109,12 +112,20 @@ def plan_groups(order: Sequence[str], sizes: dict[str, int], budget: int) -> lis
 class SiteCache:
     """Cached features of a group of sites: equal-shape sites stacked ``[S, samples, *f]``.
 
-    ``stacks`` maps a tuple of site names to its stacked tensor; ``labels [samples]`` are long.
+    ``stacks`` maps a tuple of site names to its stacked tensor; ``labels [samples]`` are long;
+    ``mask [samples, T]`` is the inputs' boolean padding mask (text) or ``None`` (images).
     """
 
     kind: str
     stacks: dict[tuple[str, ...], torch.Tensor]
     labels: torch.Tensor
+    mask: torch.Tensor | None = None
+
+    def mask_for(self, tokens: int) -> torch.Tensor | None:
+        """The mask a ``seqpool`` site of ``tokens`` positions reads with (``None``: unmasked)."""
+        if self.mask is None or self.kind != "seqpool" or tokens == 1:
+            return None
+        return self.mask
 
     @property
     def device(self) -> torch.device:
@@ -167,6 +178,7 @@ def build_cache(
         for i, (shape, names) in enumerate(by_shape.items())
     }
     labels = torch.empty(samples, dtype=torch.long, device=where)
+    mask: torch.Tensor | None = None
     features = readout_class(kind).features
     start = 0
     with ActivationCapture(model, sites) as capture, torch.no_grad():
@@ -174,16 +186,22 @@ def build_cache(
         for batch in loader:
             x, y = batch_to(batch, device)
             acts = capture(x)
+            real = padding_mask(x)
             stop = start + len(y)
             if stop > samples:
                 raise RuntimeError(f"the loader gave more than its dataset's {samples} samples")
             for names, stack in stacks.items():
                 for i, name in enumerate(names):
-                    stack[i, start:stop].copy_(features(acts[name]))
+                    a = acts[name]
+                    stack[i, start:stop].copy_(features(a, site_mask(real, a)))
+            if real is not None:
+                if mask is None:
+                    mask = torch.zeros((samples, real.shape[1]), dtype=torch.bool, device=where)
+                mask[start:stop].copy_(real)
             labels[start:stop].copy_(y)
             start = stop
             bar.update(1)
         bar.close()
     if start != samples:
         raise RuntimeError(f"the loader gave {start} samples, its dataset has {samples}")
-    return SiteCache(kind, stacks, labels)
+    return SiteCache(kind, stacks, labels, mask)

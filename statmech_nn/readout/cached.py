@@ -82,19 +82,32 @@ def _autocast(device: torch.device, config: ReadoutConfig):
 
 
 class _Unit:
-    """What one step trains: a single readout or a batched group, and where its features are."""
+    """What one step trains: a single readout or a batched group, where its features are, and
+    the padding mask its pooling reads with (``None`` for images and for masked-when-cached
+    features)."""
 
-    def __init__(self, module: nn.Module, features: torch.Tensor, batched: bool) -> None:
-        self.module, self.features, self.batched = module, features, batched
+    def __init__(
+        self,
+        module: nn.Module,
+        features: torch.Tensor,
+        batched: bool,
+        mask: torch.Tensor | None = None,
+    ) -> None:
+        self.module, self.features, self.batched, self.mask = module, features, batched, mask
 
     def gather(self, idx: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         f = self.features.index_select(1 if self.batched else 0, idx)
         return f.to(device, dtype, non_blocking=True)
 
-    def loss(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def gather_mask(self, idx: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+        if self.mask is None:
+            return None
+        return self.mask.index_select(0, idx).to(device, non_blocking=True)
+
+    def loss(self, f: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.batched:
-            return self.module.loss(f, y)  # type: ignore[operator]
-        return F.cross_entropy(self.module.forward_features(f), y)  # type: ignore[operator]
+            return self.module.loss(f, y, mask)  # type: ignore[operator]
+        return F.cross_entropy(self.module.forward_features(f, mask), y)  # type: ignore[operator]
 
 
 def _units(
@@ -105,20 +118,26 @@ def _units(
     for names, stack in cache.stacks.items():
         members = [readouts[n] for n in names]
         if not batched:
-            units.extend(_Unit(r, stack[i], False) for i, r in enumerate(members))
+            units.extend(
+                _Unit(r, stack[i], False, cache.mask_for(r.tokens)) for i, r in enumerate(members)
+            )
             continue
         for positions in equal_shape_groups(members):
             chosen = [members[i] for i in positions]
             module = BatchedReadout(chosen).to(chosen[0].fc.weight.device)
             sub = stack if len(positions) == len(names) else stack[positions]
-            units.append(_Unit(module, sub, True))
+            units.append(_Unit(module, sub, True, cache.mask_for(chosen[0].tokens)))
             groups.append((module, chosen))
     return units, groups
 
 
 def _step_loss(units: list[_Unit], compile: bool) -> Callable[..., torch.Tensor]:
-    def total(features: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-        return sum(u.loss(f, y) for u, f in zip(units, features, strict=True))  # type: ignore[return-value]
+    def total(
+        features: list[torch.Tensor], y: torch.Tensor, masks: list[torch.Tensor | None]
+    ) -> torch.Tensor:
+        return sum(  # type: ignore[return-value]
+            u.loss(f, y, m) for u, f, m in zip(units, features, masks, strict=True)
+        )
 
     return torch.compile(total) if compile else total
 
@@ -178,8 +197,9 @@ def _fit_group(
             idx = idx.to(cache.device, non_blocking=True)
             y = cache.labels.index_select(0, idx).to(device, non_blocking=True)
             features = [u.gather(idx, device, dtype) for u in units]
+            masks = [u.gather_mask(idx, device) for u in units]
             with _autocast(device, config):
-                loss = step_loss(features, y)
+                loss = step_loss(features, y, masks)
             optimiser.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from statmech_nn.batches import split_batch
 
 __all__ = [
     "batch_to",
@@ -77,11 +81,9 @@ def index_loader(loader: DataLoader) -> DataLoader:
     )
 
 
-def batch_to(batch: object, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs, long labels)`` of a loader batch, on ``device``."""
-    x, y = batch[0], batch[1]  # type: ignore[index]
-    y = torch.as_tensor(y)
-    return x.to(device, non_blocking=True), y.to(device, non_blocking=True).long()
+def batch_to(batch: object, device: torch.device) -> tuple[Any, torch.Tensor]:
+    """``(inputs, long labels)`` of a loader batch, on ``device`` (inputs: a tensor or a dict)."""
+    return split_batch(batch, device)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

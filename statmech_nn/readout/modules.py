@@ -6,6 +6,11 @@ share of the logits. Each readout also says what an activation cache must hold f
 the node-major flattening for ``flatten``) and how it reads those features
 (:meth:`Readout.forward_features`), so that training on the cache is the same maths as training
 on the activations.
+
+Text sites come with the boolean padding mask ``[B, T]`` of real positions (``mask``; ``None``
+for images, which gives the unmasked formulas exactly): ``seqpool`` and ``mean`` pool over the
+real positions only and ``flatten`` sees zeros at padding (METHODS.md section 10, through
+:mod:`statmech_nn.text_masks`), so appending padding changes no readout output.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import zlib
 import torch
 from torch import nn
 
-from statmech_nn.errors import UnknownNameError
+from statmech_nn.errors import ConfigError, UnknownNameError
 from statmech_nn.sites import Site
+from statmech_nn.text_masks import masked_mean, masked_seqpool_weights, zero_padding
 
 __all__ = [
     "READOUTS",
@@ -28,14 +34,35 @@ __all__ = [
     "feature_shape",
     "make_readout",
     "readout_class",
+    "site_mask",
     "site_seed",
 ]
 
 READOUTS = ("seqpool", "flatten", "mean")
 
 
+def site_mask(mask: torch.Tensor | None, a: torch.Tensor) -> torch.Tensor | None:
+    """The padding mask that applies to a site's activations ``a [B, T, N]``.
+
+    The inputs' mask when the site has one position per token, ``None`` for images and for a
+    site of one position (already pooled). Any other position count cannot be matched to the
+    tokens and is refused.
+    """
+    if mask is None or a.shape[1] == mask.shape[1]:
+        return mask
+    if a.shape[1] == 1:
+        return None
+    raise ConfigError(
+        f"a site with {a.shape[1]} positions on inputs of {mask.shape[1]} tokens: its padding "
+        "positions are unknown, so it cannot be read on text"
+    )
+
+
 class Readout(nn.Module):
-    """Base class: ``forward(a [B, T, N]) -> logits [B, labels]``; ``site`` names where it reads."""
+    """Base class: ``forward(a [B, T, N], mask) -> logits [B, labels]``; ``site`` names its site.
+
+    ``mask`` is the boolean ``[B, T]`` of real positions (text) or ``None``.
+    """
 
     kind: str = ""
     fc: nn.Linear
@@ -58,13 +85,16 @@ class Readout(nn.Module):
             )
 
     @staticmethod
-    def features(a: torch.Tensor) -> torch.Tensor:
-        """What a cache holds for this readout, from activations ``[B, T, N]``: ``a`` itself."""
+    def features(a: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """What a cache holds for this readout, from activations ``[B, T, N]``: ``a`` itself.
+
+        (``seqpool`` needs the mask again when it reads them: the cache keeps it.)
+        """
         return a
 
-    def forward_features(self, f: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, f: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits from cached :meth:`features` (equal to ``forward`` on the activations)."""
-        return self(f)
+        return self(f, mask)
 
 
 class SeqPoolReadout(Readout):
@@ -78,15 +108,18 @@ class SeqPoolReadout(Readout):
         self.pool = nn.Linear(nodes, 1)
         self.fc = nn.Linear(nodes, labels, bias=False)
 
-    def weights(self, a: torch.Tensor) -> torch.Tensor:
-        """Pooling weights ``[B, T]``."""
-        return torch.softmax(self.pool(a).squeeze(-1), dim=1)
+    def weights(self, a: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooling weights ``[B, T]`` (0 at padding)."""
+        scores = self.pool(a).squeeze(-1)
+        if mask is None:
+            return torch.softmax(scores, dim=1)
+        return masked_seqpool_weights(scores, mask)
 
-    def pooled(self, a: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bt,btn->bn", self.weights(a), a)
+    def pooled(self, a: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.einsum("bt,btn->bn", self.weights(a, mask), a)
 
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pooled(a))
+    def forward(self, a: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc(self.pooled(a, mask))
 
 
 class MeanReadout(Readout):
@@ -98,18 +131,18 @@ class MeanReadout(Readout):
         super().__init__(tokens, nodes, labels, site)
         self.fc = nn.Linear(nodes, labels, bias=False)
 
-    def pooled(self, a: torch.Tensor) -> torch.Tensor:
-        return a.mean(dim=1)
+    def pooled(self, a: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return a.mean(dim=1) if mask is None else masked_mean(a, mask)
 
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pooled(a))
+    def forward(self, a: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc(self.pooled(a, mask))
 
     @staticmethod
-    def features(a: torch.Tensor) -> torch.Tensor:
-        """Only the token means ``[B, N]``: all the readout reads."""
-        return a.mean(dim=1)
+    def features(a: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Only the token means ``[B, N]`` (over real positions): all the readout reads."""
+        return a.mean(dim=1) if mask is None else masked_mean(a, mask)
 
-    def forward_features(self, f: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, f: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.fc(f)
 
 
@@ -129,15 +162,18 @@ class FlattenReadout(Readout):
     def weight_jnt(self) -> torch.Tensor:
         return self.fc.weight.view(self.labels, self.nodes, self.tokens)
 
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return self.fc(a.transpose(1, 2).flatten(1))
+    def forward(self, a: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc(self.features(a, mask))
 
     @staticmethod
-    def features(a: torch.Tensor) -> torch.Tensor:
-        """The node-major flattening ``[B, N * T]``, made once so no step copies a transpose."""
+    def features(a: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The node-major flattening ``[B, N * T]`` (zeros at padding), made once so no step
+        copies a transpose."""
+        if mask is not None:
+            a = zero_padding(a, mask)
         return a.transpose(1, 2).flatten(1)
 
-    def forward_features(self, f: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, f: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.fc(f)
 
 

@@ -21,10 +21,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from statmech_nn.batches import padding_mask
 from statmech_nn.readout.cached import train_on_cache
 from statmech_nn.readout.config import ReadoutConfig
 from statmech_nn.readout.loading import batch_to, make_loader, progress_bar, resolve_device
-from statmech_nn.readout.modules import Readout, make_readout
+from statmech_nn.readout.modules import Readout, make_readout, site_mask
 from statmech_nn.sites import ActivationCapture, Site
 
 __all__ = ["deterministic_algorithms", "evaluate", "train_readouts"]
@@ -111,6 +112,7 @@ def _train_uncached(
                 x, y = batch_to(batch, dev)
                 with torch.no_grad():
                     acts = capture(x)
+                mask = padding_mask(x)
                 if optimiser is None:
                     for site in sites:
                         _, t, n = acts[site.name].shape
@@ -128,7 +130,9 @@ def _train_uncached(
                             optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / total))
                         )
                 loss = sum(
-                    F.cross_entropy(readouts[site.name](acts[site.name]), y) for site in sites
+                    F.cross_entropy(readouts[s.name](a, site_mask(mask, a)), y)
+                    for s in sites
+                    for a in (acts[s.name],)
                 )
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[union-attr]
@@ -186,8 +190,10 @@ def evaluate(
             for batch in loader:
                 x, y = batch_to(batch, dev)
                 acts = capture(x)
+                mask = padding_mask(x)
                 for name, readout in readouts.items():
-                    correct[name] += int((readout(acts[name]).argmax(1) == y).sum())
+                    logits = readout(acts[name], site_mask(mask, acts[name]))
+                    correct[name] += int((logits.argmax(1) == y).sum())
                 seen += len(y)
                 bar.update(1)
             bar.close()

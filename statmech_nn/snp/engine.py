@@ -21,6 +21,10 @@ logits. For ``mean``, ``flatten`` and ``post_pool`` this is the sum of the head'
 together: ``w_h[b,t] = softmax_t(sum_{n in h} a[b,t,n] g[n] + g0)`` and
 ``f_h(b, j) = sum_{n in h} W[j, n] sum_t w_h[b,t] a[b,t,n]``.
 
+**Text** (METHODS.md section 10): with the batch's padding mask, every token sum and softmax
+above runs over the real positions only (``mean`` divides by their count, the pooling weights are
+0 at padding) and ``flatten`` reads zeros at padding, through :mod:`statmech_nn.text_masks`.
+
 Normalisation: ``M_n / max(M_n)`` by the signed maximum; a maximum ``<= 0`` gives all zeros.
 Labels without test samples get zero rows. The literal per-node procedure is in
 :mod:`statmech_nn.snp.reference`.
@@ -45,6 +49,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from statmech_nn.batches import padding_mask, split_batch
 from statmech_nn.errors import ConfigError, UnknownNameError
 from statmech_nn.readout import (
     READOUTS,
@@ -55,7 +60,14 @@ from statmech_nn.readout import (
     progress_bar,
     resolve_device,
 )
+from statmech_nn.readout.modules import site_mask
 from statmech_nn.sites import ActivationCapture, Site
+from statmech_nn.text_masks import (
+    masked_head_seqpool,
+    masked_mean,
+    masked_seqpool,
+    zero_padding,
+)
 
 __all__ = [
     "SILENCINGS",
@@ -109,30 +121,41 @@ def head_count(site: Site, nodes: int) -> int | None:
     return site.heads
 
 
-def node_features(readout: Readout, a: torch.Tensor, silencing: str) -> torch.Tensor:
+def node_features(
+    readout: Readout, a: torch.Tensor, silencing: str, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """``[B, N]`` per-node quantity ``q`` with field ``f_n(b, j) = W[j, n] q[b, n]``.
 
-    Not defined for ``flatten`` (whose field needs the token axis).
+    ``mask [B, T]``: the real positions of text (``None``: all). Not defined for ``flatten``
+    (whose field needs the token axis).
     """
     if isinstance(readout, SeqPoolReadout):
         g = readout.pool.weight[0].to(a.dtype)
         g0 = readout.pool.bias[0].to(a.dtype)
         if silencing == "post_pool":
+            if mask is not None:
+                return masked_seqpool(a, mask, g, g0)
             w = torch.softmax(a @ g + g0, dim=1)
             return torch.einsum("bt,btn->bn", w, a)
         e = a * g + g0
+        if mask is not None:  # padding gets pooling weight exp(-inf) = 0
+            e.masked_fill_(~mask.bool().unsqueeze(-1), float("-inf"))
         e -= e.amax(dim=1, keepdim=True)
         e.exp_()
         total = e.sum(dim=1)
         return e.mul_(a).sum(dim=1) / total
-    return a.mean(dim=1)
+    return a.mean(dim=1) if mask is None else masked_mean(a, mask)
 
 
-def head_pooled_features(readout: SeqPoolReadout, a: torch.Tensor, heads: int) -> torch.Tensor:
+def head_pooled_features(
+    readout: SeqPoolReadout, a: torch.Tensor, heads: int, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """``[B, N]``: each node pooled with the weights of its head alone (``pre_pool`` heads)."""
     b, t, n = a.shape
-    g = readout.pool.weight[0].to(a.dtype).view(heads, n // heads)
     g0 = readout.pool.bias[0].to(a.dtype)
+    if mask is not None:
+        return masked_head_seqpool(a, mask, readout.pool.weight[0].to(a.dtype), g0, heads)
+    g = readout.pool.weight[0].to(a.dtype).view(heads, n // heads)
     ah = a.view(b, t, heads, n // heads)
     w = torch.softmax((ah * g).sum(-1) + g0, dim=1)
     return torch.einsum("bth,bthk->bhk", w, ah).reshape(b, n)
@@ -184,14 +207,16 @@ class _Accumulator:
             self._partial.zero_()
         self._pending = 0
 
-    def add(self, a: torch.Tensor, y: torch.Tensor) -> None:
-        """Add one chunk: activations ``a [C, T, N]``, true labels ``y [C]``.
+    def add(self, a: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Add one chunk: activations ``a [C, T, N]``, true labels ``y [C]``, padding ``mask``.
 
         Per-sample quantities are computed in ``a``'s dtype and summed per class in the
         accumulation dtype.
         """
         acc = self.sums.dtype
         if isinstance(self.readout, FlattenReadout):
+            if mask is not None:
+                a = zero_padding(a, mask)
             if a.dtype == acc:
                 self.sums.index_add_(0, y, a)
                 return
@@ -202,9 +227,10 @@ class _Accumulator:
             if self._pending >= FLUSH_SAMPLES:
                 self.flush()
             return
-        self.sums.index_add_(0, y, node_features(self.readout, a, self.silencing).to(acc))
+        q = node_features(self.readout, a, self.silencing, mask)
+        self.sums.index_add_(0, y, q.to(acc))
         if self.head_sums is not None:
-            pooled = head_pooled_features(self.readout, a, self.heads)  # type: ignore[arg-type]
+            pooled = head_pooled_features(self.readout, a, self.heads, mask)  # type: ignore[arg-type]
             self.head_sums.index_add_(0, y, pooled.to(acc))
 
     def finish(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -298,27 +324,38 @@ class _Pass:
         with ActivationCapture(model, sites) as capture, torch.no_grad():  # type: ignore[arg-type]
             bar = progress_bar(len(loader), "snp matrices", progress)
             for batch in loader:
-                x = batch[0].to(self.device)
-                y = torch.as_tensor(batch[1]).to(self.device).long()
-                self.add_batch(capture(x), y)
+                x, y = split_batch(batch, self.device)
+                self.add_batch(capture(x), y, padding_mask(x))
                 bar.update(1)
             bar.close()
 
-    def add_batch(self, acts: Mapping[str, torch.Tensor], y: torch.Tensor) -> None:
-        """Label counts, readout accuracy and the class sums of one batch, chunk by chunk."""
+    def add_batch(
+        self,
+        acts: Mapping[str, torch.Tensor],
+        y: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> None:
+        """Label counts, readout accuracy and the class sums of one batch, chunk by chunk.
+
+        ``mask [B, T]`` is the batch's padding mask (text) or ``None``.
+        """
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_labels):
             raise ConfigError(f"labels outside 0..{self.num_labels - 1} in the data")
         self.counts += torch.bincount(y, minlength=self.num_labels)
         self.seen += len(y)
+        masks = {name: site_mask(mask, a) for name, a in acts.items()}
         for name, readout in self.readouts.items():
             readout.check(acts[name])
             if self.accuracy:
-                self.accs[name].correct += int((readout(acts[name]).argmax(1) == y).sum())
+                logits = readout(acts[name], masks[name])
+                self.accs[name].correct += int((logits.argmax(1) == y).sum())
         for start in range(0, len(y), self.chunk_size):
-            yc = y[start : start + self.chunk_size]
+            stop = start + self.chunk_size
+            yc = y[start:stop]
             for name, acc in self.accs.items():
-                a = acts[name][start : start + self.chunk_size]
-                acc.add(a.double() if self.exact else a, yc)
+                a = acts[name][start:stop]
+                m = masks[name]
+                acc.add(a.double() if self.exact else a, yc, None if m is None else m[start:stop])
 
     def result(self, name: str) -> SiteMatrices:
         """The un-normalised matrices of site ``name`` once the pass is done."""

@@ -142,15 +142,14 @@ def readouts_for(
     return trained, "retrained"
 
 
-def _batch_features(activations: Any, readout: Any, form: str) -> SiteFeatures:
-    """One batch's readout inputs of a site, for readout form ``form``."""
+def _batch_features(activations: Any, readout: Any, form: str, mask: Any = None) -> SiteFeatures:
+    """One batch's readout inputs of a site, for readout form ``form`` (``mask``: text padding)."""
     if form == "seqpool":
-        return site_features(
-            activations, "seqpool", readout.fc.weight, readout.pool.weight[0], readout.pool.bias[0]
-        )
+        g, g0 = readout.pool.weight[0], readout.pool.bias[0]
+        return site_features(activations, "seqpool", readout.fc.weight, g, g0, mask=mask)
     if form == "flatten":
-        return site_features(activations, "flatten", readout.weight_jnt())
-    return site_features(activations, "mean", readout.fc.weight)
+        return site_features(activations, "flatten", readout.weight_jnt(), mask=mask)
+    return site_features(activations, "mean", readout.fc.weight, mask=mask)
 
 
 def _concatenated(parts: Sequence[SiteFeatures]) -> SiteFeatures:
@@ -164,7 +163,9 @@ def feature_cache(src: Sources, readouts: dict[str, Any], meta: dict[str, Any]) 
     """The readouts' inputs of every chosen site on the SNP's split (one backbone pass)."""
     import torch
 
+    from statmech_nn.batches import padding_mask, split_batch
     from statmech_nn.readout import make_loader
+    from statmech_nn.readout.modules import site_mask
     from statmech_nn.sites import ActivationCapture
 
     model = src.checkpoint.model
@@ -174,10 +175,13 @@ def feature_cache(src: Sources, readouts: dict[str, Any], meta: dict[str, Any]) 
     labels = []
     with ActivationCapture(model, src.sites) as capture, torch.no_grad():
         for batch in make_loader(src.evaluated, src.config.batch_size):
-            acts = capture(batch[0].to(dev))
-            labels.append(torch.as_tensor(batch[1]).long().numpy())
+            x, y = split_batch(batch, dev)
+            acts = capture(x)
+            labels.append(y.cpu().numpy())
             for site in src.sites:
-                part = _batch_features(acts[site.name], readouts[site.name], src.config.readout)
+                a = acts[site.name]
+                mask = site_mask(padding_mask(x), a)
+                part = _batch_features(a, readouts[site.name], src.config.readout, mask)
                 chunks[site.layer].append(part)
     sites = {layer: _concatenated(parts) for layer, parts in chunks.items()}
     return FeatureCache(labels=np.concatenate(labels), sites=sites, meta=meta)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from statmech_nn import batches
 from statmech_nn.train.determinism import rng_state
 
 CHECKPOINT_FORMAT = "statmech-nn.checkpoint/1"
@@ -79,7 +80,7 @@ def loss_of(
 
 def to_device(x: Any, y: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch on ``device``; labels as int64."""
-    return x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True).long()
+    return batches.split_batch((x, y), device)
 
 
 @dataclass
@@ -111,7 +112,7 @@ class Step:
         if self.batch_transform is not None:
             x, target = self.batch_transform(x, y)
         with autocast(self.device, self.amp, self.bf16):
-            logits = self.net(x)
+            logits = batches.call_model(self.net, x)
         loss = loss_of(logits, y, target, self.label_smoothing)
         self.check(loss)
         self._backward_and_step(loss)
@@ -172,9 +173,9 @@ def evaluate_on(
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        x, y = x.to(device), torch.as_tensor(y).to(device)
+        x, y = batches.split_batch((x, y), device)
         with autocast(device, amp, bf16):
-            logits = model(x)
+            logits = batches.call_model(model, x)
         loss_sum += F.cross_entropy(logits.float(), y.long(), reduction="sum").item()
         correct += (logits.argmax(-1) == y).sum().item()
         count += len(y)
