@@ -55,8 +55,8 @@ def http_limits(limits: tuple[int, int, int], force: bool = False) -> Iterator[N
         pool_log.setLevel(level)
         _OURS.clear()
         _OURS.update(ours)
-        for key, value in saved.items():
-            if value is None:
+        for key, before in saved.items():
+            if before is None:
                 os.environ.pop(key, None)
             else:
-                os.environ[key] = value
+                os.environ[key] = before
