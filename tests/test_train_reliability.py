@@ -104,6 +104,7 @@ def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable(workdir,
     _assert_equal_weights(run_id, reference)
 
 
+@pytest.mark.slow  # trains two epochs
 def test_non_finite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(workdir, capsys):
     # Epoch 1 runs at the tiny warm-up rate; epoch 2 at lr 1e30 overflows to inf / NaN.
     config = recipes.config(
