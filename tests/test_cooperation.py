@@ -142,6 +142,7 @@ def test_single_node_matrices_equal_literal_silencing():
     assert np.array_equal(labels, expected)
 
 
+@pytest.mark.slow  # trains readouts on node subsets, twice
 def test_the_subset_curve_rises_and_finds_no_cooperation_where_there_is_none():
     train, test = one_label_nodes(128, 0), one_label_nodes(64, 1)
     _, _, single = full_site_labels(train, test)

@@ -59,6 +59,7 @@ def test_registry_builds_trainable_classifiers_with_sites(name):
     assert all(k.startswith("net.") for k in model.state_dict())
 
 
+@pytest.mark.slow  # builds a 6-block BERT-base
 @needs_hf
 def test_bert6_is_the_nlp_ssb_encoder():
     model = models.create("hf:bert-6", num_classes=3)

@@ -118,6 +118,7 @@ def test_same_logits_as_vit_pytorch(name, overrides, pe, vit_cct):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # full-size CCT-7/3x1 forward and backward, twice
 def test_full_cct_7_3x1_same_logits_and_gradients_as_vit_pytorch(vit_cct):
     """Training mode without stochastic parts: identical logits and parameter gradients."""
     torch.manual_seed(1)

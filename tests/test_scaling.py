@@ -96,6 +96,7 @@ def test_label_subset_relabels_in_ascending_order():
     assert [y for _, y in items] == [1, 0, 0, 1]  # 1 -> 0, 5 -> 1
 
 
+@pytest.mark.slow  # trains readouts for every label subset
 def test_scaling_on_a_tiny_network():
     from statmech_nn import models
     from statmech_nn.data import data_for_config

