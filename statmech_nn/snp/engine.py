@@ -75,6 +75,7 @@ __all__ = [
     "SiteMatrices",
     "check_options",
     "head_count",
+    "head_pooled_features",
     "matrices",
     "node_features",
     "normalise",
