@@ -45,9 +45,9 @@ def http_limits(limits: tuple[int, int, int], force: bool = False) -> Iterator[N
     ours = dict(_OURS)
     pool_log = logging.getLogger("urllib3.connectionpool")
     level = pool_log.level
-    for key, value in wanted.items():
+    for key, limit in wanted.items():
         if force or not _user_set(key):
-            os.environ[key] = _OURS[key] = str(value)
+            os.environ[key] = _OURS[key] = str(limit)
     pool_log.setLevel(logging.ERROR)
     try:
         yield
