@@ -4,7 +4,7 @@ The demo is the public commands chained, nothing more: each step calls the libra
 that its command runs, is printed as the exact ``statmech-nn`` command that a researcher can
 rerun or vary, and every result lands in MLflow. The text task (``demo --task text``) fine-tunes
 a small BERT-style encoder on the procedural ``textsynth`` set and runs the same analyses, plus
-node cooperation where the package has it (:func:`cooperation_step`).
+node cooperation (:func:`cooperation_step`).
 """
 
 from __future__ import annotations
@@ -319,24 +319,6 @@ def _study(s: dict[str, Any], snp_id: str, out: Callable[..., None]) -> str:
     return result["study_run_id"] or ""
 
 
-def cooperation_function() -> Callable[..., Any] | None:
-    """``for_run`` of the node-cooperation analysis (METHODS.md section 11), if this package has it.
-
-    Looked up as ``statmech_nn.cooperation.for_run`` (or ``statmech_nn.cooperation_run.for_run``);
-    ``None`` while only the cooperation science, without its MLflow run, is installed.
-    """
-    import importlib
-
-    for module in ("statmech_nn.cooperation", "statmech_nn.cooperation_run"):
-        try:
-            found = getattr(importlib.import_module(module), "for_run", None)
-        except ImportError:
-            continue
-        if callable(found):
-            return found
-    return None
-
-
 def cooperation_argv(s: dict[str, Any], snp_run_id: str) -> list[str]:
     argv = ["cooperation", snp_run_id, "--kind", "ff"]
     if s["device"] != "auto":
@@ -351,11 +333,8 @@ def cooperation_step(
     out: Callable[..., None],
     result: DemoResult,
 ) -> None:
-    """The cooperation step of the text demo: run where available, else say it is skipped."""
-    for_run = cooperation_function()
-    if for_run is None:  # CALL SITE: the cooperation run (METHODS.md section 11) plugs in here
-        print("\n=== cooperation: skipped (statmech_nn.cooperation.for_run is not installed)")
-        return
+    """The cooperation step of the text demo: the subset curve and the single-node bound."""
+    from statmech_nn.cooperation_run import for_run
 
     def work() -> str:
         done = for_run(snp_id, kind="ff", device=_device(s), tracking_uri=s["tracking_uri"])

@@ -35,8 +35,8 @@ BAD = [
     (["--seed", "-1"], "seed must be a whole number >= 0"),
     (["--attention-dropout", "1.5"], "attention_dropout must be a finite number in [0, 1)"),
     (["--stochastic-depth", "-0.5"], "stochastic_depth must be a finite number in [0, 1)"),
-    (["--model-option", "num_heads=5"], "cannot build model cct_2_3x2_32 with num_heads=5"),
-    (["--model-option", "embedding_dim=-4"], "cannot build model cct_2_3x2_32 with embedding"),
+    (["--model-option", "num_heads=5"], "cannot be built with num_heads=5"),
+    (["--model-option", "embedding_dim=-4"], "embedding_dim must be a positive integer"),
 ]
 
 

@@ -23,6 +23,23 @@ class Term:
 _SITE = r"(?:\.[\w-]+)?"
 TERMS: tuple[Term, ...] = (
     Term(
+        "coop",
+        r"coop\.[\w.-]+",
+        "cooperation",
+        "Readouts on random node subsets: acc (A(n)) and its spread, the labels the subset "
+        "recognises, the union of its members' single-node labels, the gain of the first over "
+        "the second and the labels no member recognises alone; chance is 1/L (methods section "
+        "11).",
+    ),
+    Term(
+        "bound",
+        r"bound\.[\w.-]+",
+        "single-node bound",
+        "Per node, the labels it can ever output on its own input (upper envelope or convex "
+        "hull of its label weights): mean, maximum, and beside it the diagonal labels |D_n| "
+        "(methods section 11).",
+    ),
+    Term(
         "snr",
         rf"snr{_SITE}",
         "SNR",

@@ -14,7 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from statmech_nn.naming import KIND_ANDC_NETWORK, KIND_ORDER, KIND_SCALING, KIND_SNP, KIND_STUDY
+from statmech_nn.naming import (
+    KIND_ANDC_NETWORK,
+    KIND_COOPERATION,
+    KIND_ORDER,
+    KIND_SCALING,
+    KIND_SNP,
+    KIND_STUDY,
+)
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,33 @@ SECTION_KINDS: list[SectionKind] = [
         "(docs/methods.md, sections 5-6).",
         ("theta", "snr", "snr_form", "null_permutations", "over_checkpoints", "snp_run_id", "seed"),
         _ORDER_CAPTIONS,
+    ),
+    SectionKind(
+        KIND_COOPERATION,
+        "Node cooperation and the single-node bound",
+        "Cooperation",
+        "Readouts trained on random node subsets of one site: their accuracy A(n) against the "
+        "subset size n beside the random guess, the labels a subset recognises against the union "
+        "of its members' single-node labels, and per node the number of labels it can ever "
+        "output on its own (docs/methods.md, section 11).",
+        ("kind", "sizes", "draws", "within_head", "theta"),
+        (
+            (
+                r"accuracy_curve_(?P<site>\w+)\.png",
+                "Accuracy A(n) of readouts on n random {site} "
+                "nodes against n, with the spread over draws and the random guess.",
+            ),
+            (
+                r"label_counts_(?P<site>\w+)\.png",
+                "Labels recognised by a subset of {site} nodes "
+                "(theta {theta}) against the union of its members' single-node labels.",
+            ),
+            (
+                r"node_bound_(?P<site>\w+)\.png",
+                "Per {site} node: labels it can ever output alone "
+                "(the hull bound) against the labels it recognises.",
+            ),
+        ),
     ),
     SectionKind(
         KIND_SCALING,
