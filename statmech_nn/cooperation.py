@@ -1,4 +1,4 @@
-"""Cooperation of nodes: the subset curve ``A(n)`` of METHODS.md section 11, on cached features.
+"""Cooperation of nodes: the subset curve ``A(n)`` of methods section 11, on cached features.
 
 Everything works on a site's cached activations, no model needed: :class:`SiteFeatures` holds
 either pooled features ``[S, N]`` (one scalar per node: token means, or ``post_pool``

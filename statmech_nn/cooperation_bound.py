@@ -1,4 +1,4 @@
-"""What one node can ever output: the single-node bound of METHODS.md section 11.
+"""What one node can ever output: the single-node bound of docs/methods.md section 11.
 
 Node ``n`` alone adds ``W[:, n] z`` (a scalar input ``z``: ``mean``, ``post_pool`` and ``pre_pool``
 readouts) or ``W[:, n, :] x`` (a token vector ``x``: ``flatten``) to the logits. Label ``j`` can

@@ -1,4 +1,4 @@
-"""Figures of a cooperation result (METHODS.md section 11): Agg backend, PNG; each returns its path.
+"""Figures of a cooperation result (methods.md section 11): Agg backend, PNG; each returns its path.
 
 All take the stacked dataset of :func:`statmech_nn.cooperation_store.stack_layers` (dims
 ``layer``, ``size``, ``draw``, ``node``): :func:`accuracy_curve` (``A(n)`` with its spread over

@@ -22,7 +22,7 @@ TEXT = (
     "random guess 1/L. The labels a subset recognises (its own diagonal above theta) are "
     "compared with the union of its members' single-node labels D_n: the excess is "
     "cooperation. Per node, the bound counts the labels it can ever output on its own (the "
-    "extreme points of its label weights; METHODS.md section 11), beside |D_n|."
+    "extreme points of its label weights; docs/methods.md section 11), beside |D_n|."
 )
 _CURVE = re.compile(
     r"^coop\.(?P<stat>acc|acc_std|labels|union|gain|new)\.(?P<kind>.+)\.n(?P<n>\d+)$"

@@ -1,4 +1,4 @@
-"""The cooperation result as xarray and its MLflow metric names (METHODS.md section 11).
+"""The cooperation result as xarray and its MLflow metric names (docs/methods.md section 11).
 
 One ``xr.Dataset`` per site kind, with dims ``layer``, ``size``, ``draw``, ``member``, ``node``
 and ``label`` (never one name twice):

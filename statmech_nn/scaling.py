@@ -1,4 +1,4 @@
-"""SNR and error against the number of labels K (METHODS.md section 7, [Universal]).
+"""SNR and error against the number of labels K (docs/methods.md section 7, [Universal]).
 
 For each K, several seeded random K-label subsets are drawn; the samples of those labels are
 relabelled ``0..K-1`` (in ascending original label order), a readout of one site of the frozen

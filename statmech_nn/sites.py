@@ -1,4 +1,4 @@
-"""Sites: named places in a network whose activations are read by a readout (METHODS.md section 3).
+"""Sites: named places in a network whose activations are read by a readout (methods.md section 3).
 
 A site spec names the sites to read, as a comma-separated string (or a list of items):
 

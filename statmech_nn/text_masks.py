@@ -1,4 +1,4 @@
-"""Masked pooling for text sites: padded positions never reach a readout (METHODS.md section 10).
+"""Masked pooling for text sites: padded positions never reach a readout (methods.md section 10).
 
 Site activations ``a`` are ``[B, T, N]`` (sample, token, node); ``mask`` is the boolean ``[B, T]``
 of real positions (``statmech_nn.data.text.padding_mask`` of a text batch; ``None`` means every

@@ -1,4 +1,4 @@
-"""Node cooperation (subset curve) and the single-node bound (hull / LP), METHODS.md section 11."""
+"""Node cooperation (subset curve) and the single-node bound (hull / LP), methods section 11."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from statmech_nn.naming import exceeds
 from statmech_nn.order import clusters as clusters_module
 from statmech_nn.order import stats as stats_module
 
-# -- independent reference: METHODS.md section 5 read literally --------------------------------
+# -- independent reference: methods section 5 read literally --------------------------------
 
 
 def ref_clusters(b: list[list[bool]]) -> list[list[int]]:

@@ -47,7 +47,7 @@ def make_snp(layers=2, nodes=6, labels=5, seed=0, pad_last=0) -> xr.Dataset:
 
 
 def literal_clusters(b: np.ndarray) -> list[list[int]]:
-    """METHODS.md section 5, literally: seeds in ascending order, grow over later labels."""
+    """docs/methods.md section 5, literally: seeds in ascending order, grow over later labels."""
     diag = [l for l in range(b.shape[0]) if b[l, l]]
     unassigned = list(diag)
     clusters = []

@@ -1,4 +1,4 @@
-"""Token-level SNP (METHODS.md section 10) against a literal per-node, per-position loop."""
+"""Token-level SNP (docs/methods.md section 10) against a literal per-node, per-position loop."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "For the sites of one kind of an SNP run, train readouts on random node subsets of "
             "each size n and report their test accuracy A(n) beside the random guess 1/L, the "
             "labels each subset recognises beside the union of its members' single-node labels, "
-            "and per node the labels it can ever output on its own (METHODS.md section 11). "
+            "and per node the labels it can ever output on its own (docs/methods.md section 11). "
             "RUN_ID is an SNP child run or a training run (its newest SNP child is used). "
             "Metrics (coop.acc.{kind}.n{n}.block{i}, coop.labels/union/gain/new..., "
             "bound.labels/max/diag.{kind}.block{i}), figures and cooperation/cooperation.nc go to "

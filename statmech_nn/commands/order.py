@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="order parameters (clusters, noise, SNR, head symmetry breaking Q) of an SNP run",
         description=(
             "Binarise the single-node matrices of an SNP run at THETA and compute per site the "
-            "clusters, signal, noise and SNR (METHODS.md section 5) and, for MHA sites, the head "
+            "clusters, signal, noise and SNR (methods.md section 5) and, for MHA sites, the head "
             "symmetry-breaking order parameter Q with its permutation null model (section 6). "
             "RUN_ID is an SNP child run or a training run (its newest SNP child is used). "
             "Metrics (snr.{kind}.block{i}, noise..., signal..., clusters..., order.Q.block{i}, "

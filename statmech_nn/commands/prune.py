@@ -12,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prune",
         help="network-level ANDC: cut weights between nodes without a shared label, retrain",
         description=(
-            "Network-level ANDC pruning (METHODS.md section 8, the [AFCC] analogue) of training "
+            "Network-level ANDC pruning (methods.md section 8, the [AFCC] analogue) of training "
             "run RUN_ID: between consecutive sites (CCT: ff_hidden -> ff through linear2, ff -> "
             "next block's ff_hidden through linear1; VGG: conv k -> conv k+1 kernel slices) the "
             "weight from node u to node v is kept iff u and v recognise a common label "

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "to those labels, relabelled 0..K-1) and compute its single-node matrices on the "
             "test split. Logs error, SNR and cluster size against K (step = K) and their linear "
             "fits (scipy.stats.linregress: slope, intercept, R^2) to a child run 'scaling' "
-            "(METHODS.md section 7). RUN_ID is a training run or one of its child runs. Prints "
+            "(methods.md section 7). RUN_ID is a training run or one of its child runs. Prints "
             "the child run id on the last line."
         ),
     )

@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Load the checkpoint of training run RUN_ID, train a linear readout per site on the "
             "frozen network (train split), then compute every node's labels x labels matrix on "
-            "the test split (METHODS.md sections 3-4). The tensor is logged in a child run "
+            "the test split (docs/methods.md sections 3-4). The tensor is logged in a child run "
             "'snp' nested under the training run: artifact snp/snp.nc, metrics "
             "acc.readout.{kind}.{block_i|conv_i}, every choice as a param. Prints the child run "
             "id on the last line; load the tensor with statmech_nn.load_snp(RUN_ID). A model "

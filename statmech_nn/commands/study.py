@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "andc",
         help="tune ANDC pruning thresholds of a run's readouts",
         description=(
-            "Tune the threshold theta of ANDC pruning (METHODS.md section 8) on the readouts of "
+            "Tune the threshold theta of ANDC pruning (methods.md section 8) on the readouts of "
             "an SNP run: keep node n's connection to output j iff its normalised SNP matrix has "
             "M_n[j, j] > theta. Objectives: 'pareto' maximises readout accuracy and pruned "
             "fraction together (Pareto front); 'constrained' maximises the pruned fraction with "

@@ -1,4 +1,4 @@
-"""Transformers we did not write, analysed by their heads (METHODS.md section 10).
+"""Transformers we did not write, analysed by their heads (docs/methods.md section 10).
 
 Hugging Face ``transformers``, timm and torchvision models: per-head capture before the output
 projection (``capture``), automatic ``block{i}.mha`` / ``block{i}.ff`` sites per family

@@ -1,4 +1,4 @@
-"""Per-family site discovery for transformers we did not write (METHODS.md section 10).
+"""Per-family site discovery for transformers we did not write (docs/methods.md section 10).
 
 Each supported attention implementation is recognised by what its ``forward`` does, without
 importing its library: where the concatenated per-head context (before the output projection)

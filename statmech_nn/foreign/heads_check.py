@@ -1,4 +1,4 @@
-"""Refuse ``:heads=H`` on module sites whose channels cannot be heads (METHODS.md section 10).
+"""Refuse ``:heads=H`` on module sites whose channels cannot be heads (docs/methods.md section 10).
 
 Heads exist only in the concatenated per-head context before an attention's output projection.
 A module site with ``heads`` is refused, with the site to use instead, when its channels are

@@ -4,7 +4,7 @@ Read top to bottom: conv tokenizer -> positional embedding -> encoder blocks -> 
 sequence pooling -> one linear head. Module names and state-dict keys are those of the reference
 implementation (SHI-Labs/Compact-Transformers, also ``vit_pytorch.cct``), so reference weights
 load unchanged. Three parameter-free modules are added as stable hook points for the SNP sites
-(METHODS.md section 3): ``self_attn.heads_out``, ``attn_residual`` and ``mlp_act``.
+(docs/methods.md section 3): ``self_attn.heads_out``, ``attn_residual`` and ``mlp_act``.
 
 The encoder block keeps the reference quirk: the residual stream itself is replaced by its
 LayerNorm (``norm1``) between the attention and MLP sub-blocks.

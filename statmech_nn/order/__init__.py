@@ -1,6 +1,6 @@
 """Order parameters of SNP matrices: clusters, noise, signal, SNR, head symmetry breaking.
 
-METHODS.md sections 5 and 6. ``clusters`` works on raw boolean arrays, ``stats`` and
+docs/methods.md sections 5 and 6. ``clusters`` works on raw boolean arrays, ``stats`` and
 ``symmetry`` on the SNP ``xarray.Dataset`` (see docs/architecture.md), ``schema`` reads it;
 ``pipeline.for_run`` is the analysis of an MLflow SNP run that ``statmech-nn order`` runs.
 """

@@ -1,6 +1,6 @@
 """SNP tensors of a training run's checkpoints, with the settings of an existing SNP run.
 
-Used for the onset of head symmetry breaking during training (METHODS.md section 6): every saved
+Used for the onset of head symmetry breaking during training (methods.md section 6): every saved
 checkpoint (epoch 0, the untrained network, included) is analysed with the same sites, readout,
 silencing, readout training, split and sample limits as the SNP run the analysis started from.
 """

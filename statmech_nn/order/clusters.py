@@ -1,9 +1,9 @@
-"""Per-node clusters, signal and noise of binarised single-node matrices (METHODS.md section 5).
+"""Per-node clusters, signal and noise of binarised single-node matrices (methods.md section 5).
 
 Pure numpy; every leading axis of ``B[..., label_true, label_out]`` is a batch of nodes. The
 greedy cluster rule is run as one ascending pass over each node's *diagonal* labels (the only
 labels that can seed or join a cluster), each label offered to the node's existing clusters in
-creation order: that is the rule of METHODS.md (seed = first unassigned diagonal label, grow it
+creation order: that is the rule of docs/methods.md (seed = first unassigned diagonal label, grow it
 over the later labels, repeat) because a cluster's membership among labels below ``l`` never
 depends on what later clusters do. Nodes are sorted by their number of diagonal labels ``d`` and
 processed in groups under an element budget, so one step touches ``group x clusters`` flags and

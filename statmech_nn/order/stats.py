@@ -1,4 +1,4 @@
-"""Per-node and per-site cluster statistics and SNR of one site kind (METHODS.md section 5).
+"""Per-node and per-site cluster statistics and SNR of one site kind (docs/methods.md section 5).
 
 SNR variants (option ``snr``), each in two forms:
 

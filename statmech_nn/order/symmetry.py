@@ -1,4 +1,4 @@
-"""Head symmetry breaking of multi-head attention sites and its null model (METHODS.md section 6).
+"""Head symmetry breaking of multi-head attention sites and its null model (methods.md section 6).
 
 From each MHA node's diagonal labels ``D_n`` and its head: expertise counts ``c[h, l]``,
 ``p[h | l]`` and the order parameter ``Q = 1 - mean_l H(p(.|l)) / log H`` over the labels that at

@@ -1,4 +1,4 @@
-"""ANDC pruning (METHODS.md section 8): readout masks, the random control, network-level ANDC.
+"""ANDC pruning (docs/methods.md section 8): readout masks, the random control, network-level ANDC.
 
 Modules: ``masks`` (the numpy core of the readout masks and its thin xarray wrappers),
 ``features`` (the feature cache that evaluates a masked readout without the backbone),

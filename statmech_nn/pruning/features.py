@@ -3,7 +3,7 @@
 :class:`FeatureCache` holds, per site of a split, the readout's inputs once (pooled node inputs
 for ``seqpool``/``mean``, per-node fields for ``flatten``), so one evaluation of an ANDC mask is
 one masked product, batched over several masks. :func:`site_features` computes them from a site's
-activations (METHODS.md sections 3-4).
+activations (docs/methods.md sections 3-4).
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def site_features(
     tokens_major: bool = False,
     mask: torch.Tensor | None = None,
 ) -> SiteFeatures:
-    """Readout inputs of one site from its activations ``a[b, t, n]`` (METHODS.md sections 3-4).
+    """Readout inputs of one site from its activations ``a[b, t, n]`` (methods.md sections 3-4).
 
     ``seqpool``: ``w = softmax_t(a . g + g0)``, inputs ``z = sum_t w_t a_t`` (``g = pool_weight``
     ``[n]``, ``g0 = pool_bias``); ``mean``: token mean; ``flatten``: the per-node fields

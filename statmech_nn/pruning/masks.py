@@ -1,11 +1,11 @@
-"""ANDC readout masks (METHODS.md section 8): one numpy core, thin xarray wrappers over it.
+"""ANDC readout masks (docs/methods.md section 8): one numpy core, thin xarray wrappers over it.
 
 The core works on raw arrays ``[layer, node, label]`` (diagonals ``M_n[j, j]``) or
 ``[layer, node, label_true, label_out]`` (full matrices): :func:`andc_keep` keeps the connection
 node -> label ``j`` iff ``M_n[j, j] > theta`` (``variant="diagonal"``) or iff ``j`` lies in one of
 the node's clusters of at least ``min_cluster_size`` labels (``variant="cluster"``). Every
 comparison is :func:`statmech_nn.naming.exceeds` (strict, in the stored values' dtype), the rule
-``binarize`` uses. With the cluster rule of METHODS.md section 5 every diagonal label belongs to
+``binarize`` uses. With the cluster rule of methods section 5 every diagonal label belongs to
 some cluster (size-1 clusters count), so ``cluster`` with ``min_cluster_size=1`` keeps exactly
 the ``diagonal`` connections; ``min_cluster_size=2`` drops the labels a node recognises alone.
 
@@ -83,7 +83,7 @@ def keep_from_clusters(
     """The cluster ANDC rule: keep the labels of clusters of ``>= min_cluster_size`` labels.
 
     ``matrices[layer, node, label_true, label_out]`` are binarised with ``theta[layer]`` by the
-    strict rule, then clustered greedily (METHODS.md section 5).
+    strict rule, then clustered greedily (docs/methods.md section 5).
     """
     binary = exceeds(np.asarray(matrices), np.asarray(theta)[:, None, None, None])
     cluster = greedy_clusters(binary)

@@ -1,4 +1,4 @@
-"""Network-level ANDC masks ([AFCC] analogue, METHODS.md section 8) on a model's weights.
+"""Network-level ANDC masks ([AFCC] analogue, docs/methods.md section 8) on a model's weights.
 
 Between consecutive sites the weight from node ``u`` to node ``v`` is kept iff ``D_u`` and
 ``D_v`` (the labels each recognises, ``M_n[l, l] > theta``) share a label. :func:`connections`

@@ -1,4 +1,4 @@
-"""Network-level ANDC of a training run end to end (METHODS.md section 8, the [AFCC] analogue).
+"""Network-level ANDC of a training run end to end (docs/methods.md section 8, the [AFCC] analogue).
 
 :func:`prune_network` (also :func:`for_run`) loads a training run's checkpoint and its SNP
 tensor, measures test accuracy unpruned, masked, and after a short retraining under the mask

@@ -1,4 +1,4 @@
-"""Phase 2: linear readouts from frozen site activations to the labels (METHODS.md section 3).
+"""Phase 2: linear readouts from frozen site activations to the labels (docs/methods.md section 3).
 
 ``modules``: the readouts (``seqpool``, ``flatten``, ``mean``) and their seeded initialisation;
 ``config``: :class:`ReadoutConfig`; ``training``: :func:`train_readouts` and :func:`evaluate`;

@@ -1,4 +1,4 @@
-"""Activation cache for readout training (METHODS.md section 12).
+"""Activation cache for readout training (docs/methods.md section 12).
 
 The backbone is frozen in eval mode and the data are not augmented, so a site's activations are
 the same every epoch: one backbone pass fills the cache with what each readout reads

@@ -1,4 +1,4 @@
-"""Readout training choices: the science of METHODS.md section 3 and how to run it (cache, GPU)."""
+"""Readout training choices: the science of methods section 3 and how to run it (cache, GPU)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 
 @dataclass
 class ReadoutConfig:
-    """Readout training choices (METHODS.md section 3 defaults) and how training runs.
+    """Readout training choices (docs/methods.md section 3 defaults) and how training runs.
 
     ``cache``: train every epoch on site activations computed once (``memory``: in RAM, or on
     the GPU when training there; ``disk``: memory-mapped files in ``cache_dir``, default the

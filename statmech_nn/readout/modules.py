@@ -1,4 +1,4 @@
-"""Readout modules: linear maps from site activations to the labels (METHODS.md section 3).
+"""Readout modules: linear maps from site activations to the labels (docs/methods.md section 3).
 
 Every readout ends in ``Linear(nodes, labels, bias=False)`` so that a node's field is exactly its
 share of the logits. Each readout also says what an activation cache must hold for it
@@ -9,7 +9,7 @@ on the activations.
 
 Text sites come with the boolean padding mask ``[B, T]`` of real positions (``mask``; ``None``
 for images, which gives the unmasked formulas exactly): ``seqpool`` and ``mean`` pool over the
-real positions only and ``flatten`` sees zeros at padding (METHODS.md section 10, through
+real positions only and ``flatten`` sees zeros at padding (docs/methods.md section 10, through
 :mod:`statmech_nn.text_masks`), so appending padding changes no readout output.
 """
 
@@ -149,7 +149,7 @@ class MeanReadout(Readout):
 class FlattenReadout(Readout):
     """``Linear(tokens * nodes, labels)`` on ``a`` flattened node-major (index ``n * T + t``).
 
-    :meth:`weight_jnt` gives the weights as ``W[j, n, t]``, the order of METHODS.md section 4 (and
+    :meth:`weight_jnt` gives the weights as ``W[j, n, t]``, the order of methods section 4 (and
     of the authors' CNN readout, which flattens ``[C, H, W]`` maps).
     """
 

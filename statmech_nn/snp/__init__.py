@@ -1,6 +1,6 @@
 """Phase 3: single-node (SNP) and single-head matrices of every site, as an xarray Dataset.
 
-METHODS.md sections 4 and 9; docs/architecture.md gives the Dataset and its stored form. The
+docs/methods.md sections 4 and 9; docs/architecture.md gives the Dataset and its stored form. The
 package follows the data flow, each module importing only the ones before it:
 
 - :mod:`~statmech_nn.snp.engine`: the science (streaming class sums -> raw matrices,

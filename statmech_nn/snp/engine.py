@@ -1,6 +1,6 @@
 """Phase 3: single-node (SNP) matrices for every node of every site, as an xarray Dataset.
 
-METHODS.md sections 4 and 9. For node ``n`` of a site, ``M_n[i, j]`` is the mean over test samples
+methods sections 4 and 9. For node ``n`` of a site, ``M_n[i, j]`` is the mean over test samples
 of true label ``i`` of the field ``f_n(b, j)`` that node ``n`` alone sends to output ``j``. Every
 field is linear in a per-node quantity, so all matrices follow from class-wise sums accumulated in
 one streaming pass, with no per-node forward pass:
@@ -21,7 +21,7 @@ logits. For ``mean``, ``flatten`` and ``post_pool`` this is the sum of the head'
 together: ``w_h[b,t] = softmax_t(sum_{n in h} a[b,t,n] g[n] + g0)`` and
 ``f_h(b, j) = sum_{n in h} W[j, n] sum_t w_h[b,t] a[b,t,n]``.
 
-**Text** (METHODS.md section 10): with the batch's padding mask, every token sum and softmax
+**Text** (docs/methods.md section 10): with the batch's padding mask, every token sum and softmax
 above runs over the real positions only (``mean`` divides by their count, the pooling weights are
 0 at padding) and ``flatten`` reads zeros at padding, through :mod:`statmech_nn.text_masks`.
 

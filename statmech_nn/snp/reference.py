@@ -1,4 +1,4 @@
-"""The literal SNP procedure (METHODS.md section 4): slow and simple, the yardstick for tests.
+"""The literal SNP procedure (docs/methods.md section 4): slow and simple, the yardstick for tests.
 
 For each node (or head): zero every other input of the readout, rerun the readout over all test
 samples, and average the resulting logits per true label. ``post_pool`` zeroes the other pooled

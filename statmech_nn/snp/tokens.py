@@ -1,4 +1,4 @@
-"""Token-level SNP after masked-language-model pre-training (METHODS.md section 10, [NLP-SSB]).
+"""Token-level SNP after masked-language-model pre-training (docs/methods.md section 10, [NLP-SSB]).
 
 The labels are the ``K`` most frequent true tokens at masked positions (:func:`top_tokens`; ties
 broken by the smaller token id). The readout is applied per masked position to that position's

@@ -1,4 +1,4 @@
-"""Phase 1 (METHODS.md section 2): train a network, tracked in MLflow, resumable bit for bit.
+"""Phase 1 (docs/methods.md section 2): train a network, tracked in MLflow, resumable bit for bit.
 
 ``train(config)`` runs AdamW with a linear warm-up and a cosine decay to ``min_lr``, cross-entropy
 with label smoothing (soft-target cross-entropy on the mixup/cutmix targets of the ``cct``
