@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -139,8 +140,9 @@ def auto_sites(model: nn.Module) -> list[Site]:
 
 def available_sites(model: nn.Module) -> list[Site]:
     """The named sites of ``model``: ``model.sites()`` when it has one, else :func:`auto_sites`."""
-    if callable(getattr(model, "sites", None)):
-        return list(model.sites())
+    listed = getattr(model, "sites", None)
+    if callable(listed):
+        return list(listed())
     return auto_sites(model)
 
 
@@ -203,15 +205,16 @@ def resolve(model: nn.Module, spec: str | Sequence[str] | Sequence[Site] = "all"
     """
     from statmech_nn.foreign.heads_check import check_heads  # heads only where heads are
 
+    sites: list[Site]
     if not isinstance(spec, str) and spec and all(isinstance(s, Site) for s in spec):
-        sites = list(spec)
+        sites = [s for s in spec if isinstance(s, Site)]
     else:
         available = available_sites(model)
         by_name = {s.name: s for s in available}
         modules = dict(model.named_modules())
         kind_counts: dict[str, int] = {}
         sites = []
-        for item in parse_spec(spec):
+        for item in parse_spec(cast(str | Sequence[str], spec)):
             if item == "all":
                 if not available:
                     raise UnknownNameError(

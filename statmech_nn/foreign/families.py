@@ -67,6 +67,8 @@ def hf_point(module: nn.Module) -> AttentionPoint | None:
     inner, out = getattr(module, "self", None), getattr(module, "output", None)
     if isinstance(inner, nn.Module) and isinstance(getattr(out, "dense", None), nn.Module):
         heads = _heads(inner)
+        if heads is None:
+            return None
         return AttentionPoint("output.dense", "input", heads, ("", "output", "output.dense"))
     for proj in _PROJECTIONS:
         if isinstance(getattr(module, proj, None), nn.Module) and _heads(module):

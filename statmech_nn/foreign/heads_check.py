@@ -10,6 +10,7 @@ or when its known width does not split into ``H`` equal heads.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
@@ -69,8 +70,9 @@ def _width(module: nn.Module, hook: str) -> int | None:
     if isinstance(module, nn.Linear):
         return module.in_features if hook == "input" else module.out_features
     if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
-        return int(module.weight.shape[0 if hook == "input" else 1])  # HF GPT-2 Conv1D
-    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+        weight: Any = module.weight
+        return int(weight.shape[0 if hook == "input" else 1])  # HF GPT-2 Conv1D
+    if isinstance(module, nn.LayerNorm) and len(tuple(module.normalized_shape)) == 1:
         return int(module.normalized_shape[0])
     if isinstance(module, nn.MultiheadAttention):
         return module.embed_dim

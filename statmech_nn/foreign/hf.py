@@ -165,12 +165,13 @@ def build(
         net = _pretrained(transformers, name, num_classes)
         for key, value in overrides.items():
             setattr(net.config, key, value)
-    stored = _stored(net.config)
-    vision = net.config.model_type in _VISION
+    built: Any = net.config
+    stored = _stored(built)
+    vision = built.model_type in _VISION
     record = {
         "name": f"hf:{name}",
         "num_classes": num_classes,
-        "img_size": int(net.config.image_size) if vision else img_size,
+        "img_size": int(built.image_size) if vision else img_size,
         "hf_config": stored,
     }
     return HFClassifier(net, record)

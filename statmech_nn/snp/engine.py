@@ -43,7 +43,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 from torch import nn
@@ -242,7 +241,7 @@ class _Accumulator:
             means = (self.sums / denom[:, None, None]).permute(2, 0, 1)
             raw = torch.bmm(means, w.permute(1, 2, 0))
         else:
-            w = cast(nn.Linear, self.readout.fc).weight.to(self.sums.dtype)
+            w = self.readout.fc.weight.to(self.sums.dtype)
             raw = _outer(self.sums / denom[:, None], w)
         head_raw = None
         if self.heads is not None:
