@@ -167,6 +167,7 @@ def _pretend_running(run_id: str, mark: dict) -> None:
 
 
 def _one_error_line(argv: list[str], capsys) -> str:
+    capsys.readouterr()  # what training printed before is not the command's output
     code = cli.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
