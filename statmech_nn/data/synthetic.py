@@ -26,13 +26,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from statmech_nn.data.hierarchy import LabelHierarchy
+
 SHAPES = ("disk", "square", "triangle", "ring", "cross")
 SPLIT_IDS = {"train": 0, "test": 1}
 GOLDEN = (math.sqrt(5) - 1) / 2
 
 
 @dataclass(frozen=True)
-class SyntheticConfig:
+class SyntheticConfig(LabelHierarchy):
     """Parameters of the generator (the ``**options`` of ``load("synthetic", ...)``)."""
 
     num_super: int = 20
@@ -42,17 +44,6 @@ class SyntheticConfig:
     data_seed: int = 0
     noise: float = 0.1
     hue_step: float = 0.03
-
-    @property
-    def num_classes(self) -> int:
-        return self.num_super * self.num_sub
-
-    def class_names(self) -> list[str]:
-        return [f"s{s:02d}_c{k}" for s in range(self.num_super) for k in range(self.num_sub)]
-
-    def superclass(self) -> list[int]:
-        """The superclass of every class, in class order."""
-        return [c // self.num_sub for c in range(self.num_classes)]
 
 
 def _hsv_to_rgb(h: np.ndarray, s: float, v: float) -> np.ndarray:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from statmech_nn.data.hierarchy import LabelHierarchy
 from statmech_nn.errors import ConfigError
 
 SPLIT_IDS = {"train": 0, "test": 1}
@@ -31,7 +32,7 @@ _CODAS = ("", "", "n", "r", "s", "l", "m")
 
 
 @dataclass(frozen=True)
-class TextSynthConfig:
+class TextSynthConfig(LabelHierarchy):
     """Parameters of the generator (the dataset options of ``load("textsynth", ...)``)."""
 
     num_super: int = 4
@@ -60,17 +61,6 @@ class TextSynthConfig:
             raise ConfigError("option data_seed of dataset textsynth must be >= 0")
         if not (0 <= self.p_super and 0 <= self.p_sub and self.p_super + self.p_sub <= 1):
             raise ConfigError("options p_super, p_sub of textsynth must be >= 0 with sum <= 1")
-
-    @property
-    def num_classes(self) -> int:
-        return self.num_super * self.num_sub
-
-    def class_names(self) -> list[str]:
-        return [f"s{s:02d}_c{k}" for s in range(self.num_super) for k in range(self.num_sub)]
-
-    def superclass(self) -> list[int]:
-        """The superclass of every class, in class order."""
-        return [c // self.num_sub for c in range(self.num_classes)]
 
 
 @dataclass(frozen=True)
