@@ -246,8 +246,9 @@ def test_non_finite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(workdi
         assert torch.isfinite(good.model(torch.randn(2, 3, 16, 16))).all()
 
     code = cli.main([*ARGS, "--lr", "1e30", "--warmup-epochs", "0", "--experiment", "cli"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0 and len(err) == 1 and "non-finite" in err[0]
+    err = capsys.readouterr().err.strip().splitlines()  # epoch 1's progress line, then the error
+    errors = [line for line in err if "error:" in line]
+    assert code != 0 and errors == err[-1:] and "non-finite" in err[-1], err
 
 
 @pytest.mark.slow
