@@ -10,7 +10,7 @@ from typing import Any
 
 from statmech_nn.errors import StatmechError, UnknownNameError
 from statmech_nn.foreign.extras import require
-from statmech_nn.foreign.wrapper import ForeignModel
+from statmech_nn.foreign.wrapper import ForeignModel, build_record
 
 NAMED: dict[str, dict[str, Any]] = {
     "vit-tiny-digits": dict(patch_size=4, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0),
@@ -45,12 +45,7 @@ def build(
                 f"timm:{name}: unknown timm model; named here: {', '.join(NAMED)}"
             ) from None
         raise StatmechError(f"timm:{name}: {str(exc).splitlines()[0]}") from None
-    record = {
-        "name": f"timm:{name}",
-        "num_classes": num_classes,
-        "img_size": img_size or (32 if name in NAMED else None),
-        "pretrained": False,
-        "initial_weights": "pretrained" if pretrained else initial_weights,
-        **kwargs,
-    }
+    record = build_record(
+        "timm", name, num_classes, img_size, name in NAMED, pretrained, initial_weights, kwargs
+    )
     return ForeignModel(net, record)

@@ -12,7 +12,7 @@ from typing import Any
 
 from statmech_nn.errors import UnknownNameError
 from statmech_nn.foreign.capture import install_hook_points
-from statmech_nn.foreign.wrapper import ForeignModel
+from statmech_nn.foreign.wrapper import ForeignModel, build_record
 
 NAMED: dict[str, dict[str, Any]] = {
     "vit-tiny-digits": dict(patch_size=4, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64),
@@ -47,12 +47,14 @@ def build(
             name, weights=weights, num_classes=num_classes, **size, **kwargs
         )
     install_hook_points(net)
-    record = {
-        "name": f"torchvision:{name}",
-        "num_classes": num_classes,
-        "img_size": img_size or (32 if name in NAMED else None),
-        "pretrained": False,
-        "initial_weights": "pretrained" if pretrained else initial_weights,
-        **kwargs,
-    }
+    record = build_record(
+        "torchvision",
+        name,
+        num_classes,
+        img_size,
+        name in NAMED,
+        pretrained,
+        initial_weights,
+        kwargs,
+    )
     return ForeignModel(net, record)

@@ -32,3 +32,27 @@ class ForeignModel(nn.Module):
     def sites(self) -> list[Site]:
         """``block{i}.mha`` and ``block{i}.ff`` per block (:mod:`statmech_nn.foreign.families`)."""
         return family_sites(self)
+
+
+def build_record(
+    library: str,
+    name: str,
+    num_classes: int,
+    img_size: int | None,
+    named: bool,
+    pretrained: bool,
+    initial_weights: str,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The model config a checkpoint stores to rebuild ``library:name`` without any download.
+
+    ``pretrained`` is always recorded False: the checkpoint brings the weights.
+    """
+    return {
+        "name": f"{library}:{name}",
+        "num_classes": num_classes,
+        "img_size": img_size or (32 if named else None),
+        "pretrained": False,
+        "initial_weights": "pretrained" if pretrained else initial_weights,
+        **options,
+    }
