@@ -18,6 +18,7 @@ from statmech_nn.errors import StatmechError
 
 COMMANDS = (
     "demo",
+    "findings",
     "train",
     "snp",
     "order",

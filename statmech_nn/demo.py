@@ -74,6 +74,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+SNP_SITES = "mha,ff"
+"""The site kinds the demo's SNP step reads (a preset's ``sites`` overrides it)."""
+
 TASKS: dict[str, tuple[str, ...]] = {
     "image": ("digits", "synthetic", "cifar100"),
     "text": ("textsynth",),
@@ -151,7 +154,8 @@ def plan(
     return settings
 
 
-def _common(settings: dict[str, Any]) -> list[str]:
+def common_flags(settings: dict[str, Any]) -> list[str]:
+    """``--tracking-uri`` when the settings name one (every command takes it)."""
     return ["--tracking-uri", settings["tracking_uri"]] if settings["tracking_uri"] else []
 
 
@@ -173,18 +177,19 @@ def train_argv(s: dict[str, Any]) -> list[str]:
     for flag, options in (("--model-option", "model_options"), ("--data-option", "data_options")):
         for key, value in s[options].items():
             argv += [flag, f"{key}={value}"]
-    return argv + _common(s)
+    return argv + common_flags(s)
 
 
 def snp_argv(s: dict[str, Any], run_id: str) -> list[str]:
-    argv = ["snp", run_id, "--sites", "mha,ff", "--readout-epochs", str(s["readout_epochs"])]
+    sites = s.get("sites", SNP_SITES)
+    argv = ["snp", run_id, "--sites", sites, "--readout-epochs", str(s["readout_epochs"])]
     if s["limit_train"]:
         argv += ["--limit-train", str(s["limit_train"])]
     if s["limit_eval"]:
         argv += ["--limit-eval", str(s["limit_eval"])]
     if s["device"] != "auto":
         argv += ["--device", s["device"]]
-    return argv + ["--no-progress", *_common(s)]
+    return argv + ["--no-progress", *common_flags(s)]
 
 
 def order_argv(s: dict[str, Any], snp_run_id: str) -> list[str]:
@@ -192,12 +197,12 @@ def order_argv(s: dict[str, Any], snp_run_id: str) -> list[str]:
     argv += ["--null-permutations", str(s["null_permutations"])]
     if s["device"] != "auto":
         argv += ["--device", s["device"]]
-    return argv + _common(s)
+    return argv + common_flags(s)
 
 
 def study_argv(s: dict[str, Any], snp_run_id: str) -> list[str]:
     argv = ["study", "andc", snp_run_id, "--trials", str(s["trials"]), "--kind", "ff"]
-    return argv + _common(s)
+    return argv + common_flags(s)
 
 
 def run(settings: dict[str, Any], quiet: bool = False) -> DemoResult:
@@ -207,7 +212,7 @@ def run(settings: dict[str, Any], quiet: bool = False) -> DemoResult:
     (nothing with ``quiet``), after the command line that reproduces it.
     """
     result = DemoResult()
-    out = (lambda *lines: None) if quiet else _print_lines
+    out = (lambda *lines: None) if quiet else print_lines
     s = settings
 
     def step(name: str, argv: list[str], work: Callable[[], str]) -> str:
@@ -219,20 +224,21 @@ def run(settings: dict[str, Any], quiet: bool = False) -> DemoResult:
         result.seconds[name] = time.perf_counter() - start
         return value
 
-    result.train_run_id = step("train", train_argv(s), lambda: _train(s, out))
+    result.train_run_id = step("train", train_argv(s), lambda: train_step(s, out))
     train_id = result.train_run_id
-    result.snp_run_id = step("snp", snp_argv(s, train_id), lambda: _snp(s, train_id, out))
+    result.snp_run_id = step("snp", snp_argv(s, train_id), lambda: snp_step(s, train_id, out))
     snp_id = result.snp_run_id
-    result.order_run_id = step("order", order_argv(s, snp_id), lambda: _order(s, snp_id, out))
-    result.study_run_id = step("study", study_argv(s, snp_id), lambda: _study(s, snp_id, out))
+    result.order_run_id = step("order", order_argv(s, snp_id), lambda: order_step(s, snp_id, out))
+    result.study_run_id = step("study", study_argv(s, snp_id), lambda: study_step(s, snp_id, out))
     if s.get("task") == "text":
         cooperation_step(s, snp_id, step, out, result)
-    report_argv = ["report", train_id, *_common(s)]
-    result.report_path = step("report", report_argv, lambda: _report(s, train_id, out))
+    report_argv = ["report", train_id, *common_flags(s)]
+    result.report_path = step("report", report_argv, lambda: report_step(s, train_id, out))
     return result
 
 
-def _print_lines(*lines: str) -> None:
+def print_lines(*lines: str) -> None:
+    """Print each line at once (progress stays visible when stdout is a pipe)."""
     for line in lines:
         print(line, flush=True)
 
@@ -241,7 +247,7 @@ def _device(s: dict[str, Any]) -> str | None:
     return None if s["device"] == "auto" else s["device"]
 
 
-def _train(s: dict[str, Any], out: Callable[..., None]) -> str:
+def train_step(s: dict[str, Any], out: Callable[..., None]) -> str:
     """``statmech-nn train``: :func:`statmech_nn.train.train` on the preset's config."""
     from statmech_nn import recipes
     from statmech_nn.commands.train import install_sigterm
@@ -270,14 +276,14 @@ def _train(s: dict[str, Any], out: Callable[..., None]) -> str:
     return run_id
 
 
-def _snp(s: dict[str, Any], train_id: str, out: Callable[..., None]) -> str:
+def snp_step(s: dict[str, Any], train_id: str, out: Callable[..., None]) -> str:
     """``statmech-nn snp``: :func:`statmech_nn.snp.compute_for_run` on the MHA and FF sites."""
     from statmech_nn import snp
     from statmech_nn.commands.snp import snp_summary
 
     child_id, ds = snp.compute_for_run(
         train_id,
-        sites="mha,ff",
+        sites=s.get("sites", SNP_SITES),
         readout_epochs=s["readout_epochs"],
         device=_device(s),
         progress=False,
@@ -290,7 +296,7 @@ def _snp(s: dict[str, Any], train_id: str, out: Callable[..., None]) -> str:
     return child_id
 
 
-def _order(s: dict[str, Any], snp_id: str, out: Callable[..., None]) -> str:
+def order_step(s: dict[str, Any], snp_id: str, out: Callable[..., None]) -> str:
     """``statmech-nn order --over-checkpoints``: :func:`statmech_nn.order.for_run`."""
     from statmech_nn import order
     from statmech_nn.order.pipeline import summary
@@ -308,7 +314,7 @@ def _order(s: dict[str, Any], snp_id: str, out: Callable[..., None]) -> str:
     return result.run_id
 
 
-def _study(s: dict[str, Any], snp_id: str, out: Callable[..., None]) -> str:
+def study_step(s: dict[str, Any], snp_id: str, out: Callable[..., None]) -> str:
     """``statmech-nn study andc``: :func:`statmech_nn.studies.for_run` on the FF readouts."""
     from statmech_nn import studies
     from statmech_nn.commands.study import result_lines
@@ -323,7 +329,17 @@ def cooperation_argv(s: dict[str, Any], snp_run_id: str) -> list[str]:
     argv = ["cooperation", snp_run_id, "--kind", "ff"]
     if s["device"] != "auto":
         argv += ["--device", s["device"]]
-    return argv + _common(s)
+    return argv + common_flags(s)
+
+
+def cooperation_work(s: dict[str, Any], snp_id: str, out: Callable[..., None]) -> str:
+    """``statmech-nn cooperation``: :func:`statmech_nn.cooperation_run.for_run` on the FF sites."""
+    from statmech_nn.cooperation_run import for_run
+
+    done = for_run(snp_id, kind="ff", device=_device(s), tracking_uri=s["tracking_uri"])
+    run_id = str(getattr(done, "run_id", "") or "")
+    out(run_id)
+    return run_id
 
 
 def cooperation_step(
@@ -334,18 +350,12 @@ def cooperation_step(
     result: DemoResult,
 ) -> None:
     """The cooperation step of the text demo: the subset curve and the single-node bound."""
-    from statmech_nn.cooperation_run import for_run
-
-    def work() -> str:
-        done = for_run(snp_id, kind="ff", device=_device(s), tracking_uri=s["tracking_uri"])
-        run_id = str(getattr(done, "run_id", "") or "")
-        out(run_id)
-        return run_id
-
-    result.cooperation_run_id = step("cooperation", cooperation_argv(s, snp_id), work)
+    result.cooperation_run_id = step(
+        "cooperation", cooperation_argv(s, snp_id), lambda: cooperation_work(s, snp_id, out)
+    )
 
 
-def _report(s: dict[str, Any], train_id: str, out: Callable[..., None]) -> str:
+def report_step(s: dict[str, Any], train_id: str, out: Callable[..., None]) -> str:
     """``statmech-nn report``: :func:`statmech_nn.report.write_report`."""
     from statmech_nn.report import write_report
 

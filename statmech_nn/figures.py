@@ -252,3 +252,23 @@ def training_curves(series: Mapping[str, list[tuple[int, float]]], path: str | o
             ax.legend(title="split", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def superclass_alignment(
+    aligned: Mapping[str, xr.Dataset], chance: float, path: str | os.PathLike
+) -> Path:
+    """Pair purity along depth per site kind and grouping, beside the null band and chance."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), squeeze=False)
+    for ax, grouping in zip(axes[0], ("cluster", "node"), strict=True):
+        for i, (kind, ds) in enumerate(aligned.items()):
+            layers = ds["layer"].values
+            mean, std = ds[f"{grouping}_null_mean"].values, ds[f"{grouping}_null_std"].values
+            ax.fill_between(layers, mean - 2 * std, mean + 2 * std, color=f"C{i}", alpha=0.15)
+            ax.plot(layers, ds[f"{grouping}_purity"].values, "o-", color=f"C{i}", label=kind)
+        ax.axhline(chance, color="grey", ls=":", label="chance")
+        ax.set(xlabel="block", ylabel="same-superclass pair fraction", title=f"{grouping} pairs")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Labels grouped by single nodes against the superclasses (band: null ± 2σ)")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -26,6 +26,7 @@ KIND_STUDY = "study"
 KIND_TRIAL = "trial"
 KIND_ANDC_NETWORK = "andc-network"
 KIND_COOPERATION = "cooperation"
+KIND_FINDINGS = "findings"
 
 # Layer labels in metric names: ``block3`` (transformer blocks), ``conv4`` (CNN layers),
 # ``layer7`` (anything else).

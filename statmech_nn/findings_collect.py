@@ -1,0 +1,272 @@
+"""The findings run: superclass alignment, every step's numbers in one JSON, tables and a figure.
+
+Reads what the steps of :func:`statmech_nn.findings.run` logged (the training run's children,
+newest of each kind), computes the superclass alignment of the final SNP tensor against its
+permutation null (:mod:`statmech_nn.order.alignment`), and logs a ``findings`` child run of the
+training run with the metrics ``align.{grouping}_{purity,null_mean,pvalue}.{kind}.block{i}`` and
+the artifacts ``findings/findings.json`` (run ids, commands, commit, seconds, every metric),
+``findings/tables.md`` and ``findings/alignment.png``. A copy goes to ``out_dir`` when given.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from statmech_nn.naming import KIND_FINDINGS, KIND_TAG, layer_label
+
+ALIGN_PREFIX = "align"
+HISTORY_METRICS = ("order.Q", "order.Q_null_mean", "order.Q_pvalue")
+"""Order metrics whose history over the checkpoints (step = epoch) the findings keep."""
+SCALED = ("error", "snr", "cluster_size")
+"""Scaling metrics whose history over K (step = K) the findings keep."""
+
+
+def findings_argv(s: Mapping[str, Any], train_id: str) -> list[str]:
+    argv = ["findings", "--collect", train_id]
+    argv += ["--alignment-permutations", str(s["alignment_permutations"])]
+    if s.get("out_dir"):
+        argv += ["--out", str(s["out_dir"])]
+    return argv + (["--tracking-uri", s["tracking_uri"]] if s.get("tracking_uri") else [])
+
+
+def git_commit() -> str:
+    """``HEAD`` of the checkout the package runs from, ``+dirty`` if it has changes; '' if none."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return head + ("+dirty" if dirty else "")
+
+
+def newest_children(train_id: str) -> dict[str, Any]:
+    """``{kind: run}``: the newest run of each kind below training run ``train_id``.
+
+    Analyses hang under the training run or under its SNP run (the study), so the whole tree is
+    searched; trials are counted by their study and left out.
+    """
+    from statmech_nn.report import descendants, run_tree
+
+    out: dict[str, Any] = {}
+    for node in sorted(descendants(run_tree(train_id)), key=lambda n: -n.start_time):
+        out.setdefault(node.kind, node.run)
+    return out
+
+
+def metric_history(run_id: str, names: list[str]) -> dict[str, list[tuple[int, float]]]:
+    """``{name: [(step, value), ...]}`` for the metrics ``names`` of ``run_id``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    return {
+        name: sorted((int(m.step), float(m.value)) for m in client.get_metric_history(run_id, name))
+        for name in names
+    }
+
+
+def _json_artifact(run_id: str, path: str) -> Any:
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=path, dst_path=tmp
+            )
+        except Exception:  # noqa: BLE001 - an artifact a step did not write is reported absent
+            return None
+        return json.loads(Path(local).read_text())
+
+
+def alignment_of(
+    snp_ds: xr.Dataset, superclass: list[int], theta: float, permutations: int, seed: int
+) -> dict[str, xr.Dataset]:
+    """``{kind: superclass_alignment}`` for the MHA and FF sites of an SNP tensor."""
+    from statmech_nn.order.alignment import superclass_alignment
+    from statmech_nn.order.stats import site_statistics
+
+    out = {}
+    for kind in ("mha", "ff"):
+        if f"snp_{kind}" in snp_ds:
+            stats = site_statistics(snp_ds, kind, theta)
+            out[kind] = superclass_alignment(stats, superclass, permutations, seed)
+    return out
+
+
+def alignment_metrics(aligned: Mapping[str, xr.Dataset]) -> dict[str, float]:
+    """Flat ``align.{grouping}_{quantity}.{kind}.block{i}`` metrics (NaN left out)."""
+    out: dict[str, float] = {}
+    for kind, ds in aligned.items():
+        for name in ds.data_vars:
+            if ds[name].dims != ("layer",) or str(name).endswith("_pairs"):
+                continue
+            for layer, value in zip(ds["layer"].values, ds[name].values, strict=True):
+                if np.isfinite(value):
+                    out[f"{ALIGN_PREFIX}.{name}.{kind}.{layer_label(kind, int(layer))}"] = float(
+                        value
+                    )
+    return out
+
+
+def _superclass_map(train_id: str) -> tuple[list[int] | None, dict[str, Any]]:
+    """The superclass of every label of the training data (None without a hierarchy)."""
+    from statmech_nn import tracking
+    from statmech_nn.data import data_for_analysis
+
+    ckpt = tracking.load_checkpoint(train_id)
+    superclass = data_for_analysis(ckpt.config, augment="none").meta.get("superclass")
+    return (list(map(int, superclass)) if superclass else None), dict(ckpt.config)
+
+
+def collect(
+    train_id: str, permutations: int = 1000, seed: int = 0
+) -> tuple[dict[str, Any], dict[str, xr.Dataset]]:
+    """Every step's numbers, read from MLflow, and the superclass alignment (if a hierarchy)."""
+    from statmech_nn import snp, tracking
+    from statmech_nn.report import run_tree
+
+    root = run_tree(train_id).run
+    children = newest_children(train_id)
+    found: dict[str, Any] = {
+        "train": {
+            "run_id": train_id,
+            "metrics": dict(root.data.metrics),
+            "params": root.data.params,
+        },
+        "test_acc_history": metric_history(train_id, ["test_acc", "val_acc"]),
+    }
+    for kind, run in children.items():
+        if kind == KIND_FINDINGS:
+            continue
+        found[kind] = {
+            "run_id": run.info.run_id,
+            "metrics": dict(run.data.metrics),
+            "params": dict(run.data.params),
+        }
+    if "order" in found:
+        names = [m for m in found["order"]["metrics"] if m.startswith(HISTORY_METRICS)]
+        found["order"]["history"] = metric_history(found["order"]["run_id"], names)
+    if "scaling" in found:
+        names = [f"scaling.{name}" for name in SCALED]
+        found["scaling"]["history"] = metric_history(found["scaling"]["run_id"], names)
+    if "study" in found:
+        found["study"]["random_control"] = _json_artifact(
+            found["study"]["run_id"], "study/random_control.json"
+        )
+        found["study"]["pareto_front"] = _json_artifact(
+            found["study"]["run_id"], "study/pareto_front.json"
+        )
+    superclass, config = _superclass_map(train_id)
+    found["config"] = config
+    aligned: dict[str, xr.Dataset] = {}
+    if superclass is not None and "snp" in found:
+        ds = snp.load_from_run(found["snp"]["run_id"], tracking_uri=tracking.current_uri())
+        theta = float(found.get("order", {}).get("params", {}).get("theta", 0.3))
+        aligned = alignment_of(ds, superclass, theta, permutations, seed)
+        found["alignment"] = {
+            "chance": next(iter(aligned.values())).attrs["chance"] if aligned else None,
+            "permutations": permutations,
+            "theta": theta,
+            "metrics": alignment_metrics(aligned),
+        }
+    else:
+        found["alignment"] = {"skipped": "the dataset has no superclass hierarchy"}
+    return found, aligned
+
+
+def findings_step(
+    s: Mapping[str, Any], train_id: str, result: Any, out: Callable[..., None]
+) -> str:
+    """Collect, log the ``findings`` child run and copy its artifacts to ``s['out_dir']``."""
+    done = log_findings(
+        train_id,
+        permutations=int(s["alignment_permutations"]),
+        seed=int(s["seed"]),
+        extra={
+            "settings": {k: v for k, v in s.items() if k != "tracking_uri"},
+            "commands": list(result.commands),
+            "seconds": dict(result.seconds),
+        },
+        out_dir=s.get("out_dir"),
+        tracking_uri=s.get("tracking_uri"),
+    )
+    out(done)
+    return done
+
+
+def log_findings(
+    train_id: str,
+    permutations: int = 1000,
+    seed: int = 0,
+    extra: Mapping[str, Any] | None = None,
+    out_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
+) -> str:
+    """The ``findings`` child run of ``train_id``; returns its id."""
+    import mlflow
+
+    from statmech_nn import figures, tracking
+    from statmech_nn.findings_tables import tables_markdown
+
+    tracking.init_store(tracking_uri)
+    found, aligned = collect(train_id, permutations, seed)
+    with tracking.child_run(train_id, KIND_FINDINGS) as active:
+        run_id = active.info.run_id
+        mlflow.set_tag(KIND_TAG, KIND_FINDINGS)
+        mlflow.log_params({"alignment_permutations": permutations, "seed": seed})
+        mlflow.log_metrics(found["alignment"].get("metrics", {}))
+        found.update(dict(extra or {}), findings_run_id=run_id, commit=git_commit())
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "findings"
+            folder.mkdir()
+            (folder / "findings.json").write_text(json.dumps(found, indent=1, default=str))
+            (folder / "tables.md").write_text(tables_markdown(found))
+            if aligned:
+                figures.superclass_alignment(
+                    aligned, found["alignment"]["chance"], folder / "alignment.png"
+                )
+            found["figures"] = step_figures(found, folder)
+            (folder / "findings.json").write_text(json.dumps(found, indent=1, default=str))
+            mlflow.log_artifacts(str(folder), "findings")
+            if out_dir is not None:
+                _copy_to(folder, Path(out_dir))
+    return run_id
+
+
+def _copy_to(folder: Path, target: Path) -> None:
+    from statmech_nn.fileio import atomic_write
+
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(folder.iterdir()):
+        data = path.read_bytes()
+        atomic_write(target / path.name, lambda fh, data=data: fh.write(data))
+
+
+def step_figures(found: Mapping[str, Any], folder: Path) -> list[str]:
+    """Copy the PNG figures the steps logged into ``folder`` as ``{kind}__{name}``."""
+    from statmech_nn.report.tree import png_artifacts
+
+    names = []
+    for kind in ("train", "snp", "order", "study", "scaling", "cooperation"):
+        run_id = found.get(kind, {}).get("run_id")
+        for path, data in png_artifacts(run_id) if run_id else []:
+            name = f"{kind}__{path.replace('/', '_')}"
+            (folder / name).write_bytes(data)
+            names.append(name)
+    return names
