@@ -25,8 +25,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "model": "cct_4_3x2_32",
         "recipe": None,
-        "epochs": 30,
-        "checkpoint_every": 6,
+        "epochs": 20,
+        "checkpoint_every": 5,
         "batch_size": 64,
         "lr": 2e-3,
         "readout_epochs": 10,
