@@ -5,7 +5,8 @@ newest of each kind), computes the superclass alignment of the final SNP tensor 
 permutation null (:mod:`statmech_nn.order.alignment`), and logs a ``findings`` child run of the
 training run with the metrics ``align.{grouping}_{purity,null_mean,pvalue}.{kind}.block{i}`` and
 the artifacts ``findings/findings.json`` (run ids, commands, commit, seconds, every metric),
-``findings/tables.md`` and ``findings/alignment.png``. A copy goes to ``out_dir`` when given.
+``findings/tables.md`` and ``findings/alignment.png``. A copy goes to ``out_dir`` when given,
+with the steps' own figures beside it (``{kind}__{artifact path}.png``).
 """
 
 from __future__ import annotations
@@ -241,10 +242,9 @@ def log_findings(
                 figures.superclass_alignment(
                     aligned, found["alignment"]["chance"], folder / "alignment.png"
                 )
-            found["figures"] = step_figures(found, folder)
-            (folder / "findings.json").write_text(json.dumps(found, indent=1, default=str))
             mlflow.log_artifacts(str(folder), "findings")
             if out_dir is not None:
+                step_figures(found, folder)  # copies for the out folder; MLflow has them
                 _copy_to(folder, Path(out_dir))
     return run_id
 

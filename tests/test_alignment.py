@@ -98,5 +98,7 @@ def test_bad_maps_are_refused():
     stats = stats_of([np.eye(6, dtype=bool)[None].repeat(2, 0)])
     with pytest.raises(ConfigError, match="6 labels"):
         alignment.superclass_alignment(stats, [0, 1], permutations=10)
+    with pytest.raises(ConfigError, match=r"labels \[5\] have no superclass"):
+        alignment.superclass_alignment(stats, [0, 0, 0, 1, 1, -1], permutations=10)
     with pytest.raises(ConfigError, match="two superclasses"):
         alignment.superclass_alignment(stats, [0] * 6, permutations=10)

@@ -268,8 +268,13 @@ def test_missing_torchvision_data_names_directory_and_flag(tmp_path, monkeypatch
     assert not (tmp_path / "cifar-100-python").exists()
 
 
-def write_fake_cifar(root: Path, name: str, n_train: int = 30, n_test: int = 10):
-    """A tiny CIFAR copy in torchvision's on-disk format (pickled batches); returns the arrays."""
+def write_fake_cifar(
+    root: Path, name: str, n_train: int = 30, n_test: int = 10, coarse: bool = True
+):
+    """A tiny CIFAR copy in torchvision's on-disk format (pickled batches); returns the arrays.
+
+    CIFAR-100 gets coarse labels ``fine // 5`` (as the real files carry) unless ``coarse=False``.
+    """
     rng = np.random.default_rng(0)
     num_classes = 10 if name == "cifar10" else 100
     folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
@@ -291,9 +296,11 @@ def write_fake_cifar(root: Path, name: str, n_train: int = 30, n_test: int = 10)
         dump("test_batch", {"data": test, "labels": test_y})
         dump("batches.meta", {"label_names": classes})
     else:
-        dump("train", {"data": train, "fine_labels": train_y})
+        extra = {"coarse_labels": [y // 5 for y in train_y]} if coarse else {}
+        dump("train", {"data": train, "fine_labels": train_y, **extra})
         dump("test", {"data": test, "fine_labels": test_y})
-        dump("meta", {"fine_label_names": classes})
+        names = {"coarse_label_names": [f"super{i}" for i in range(20)]} if coarse else {}
+        dump("meta", {"fine_label_names": classes, **names})
     return train.reshape(-1, 3, 32, 32), train_y, test.reshape(-1, 3, 32, 32), test_y, classes
 
 
@@ -319,8 +326,22 @@ def test_fake_cifar_loads_end_to_end(tmp_path, monkeypatch, name):
         assert torch.equal(torch.round(denormalise(image, splits) * 255), expected)
     assert splits.info()["root"] == str(tmp_path)
     json.dumps(splits.info())
+    if name == "cifar100":  # the superclasses come from the copy's own coarse labels
+        superclass = splits.meta["superclass"]  # the fake's 30 samples cover classes 0-29
+        assert superclass == [c // 5 for c in range(30)] + [-1] * 70
+        assert splits.meta["superclass_names"][19] == "super19"
+    else:
+        assert "superclass" not in splits.meta
     resized = data.load(name, root=tmp_path, img_size=40, augment="cct")
     assert resized.train[0][0].shape == (3, 40, 40) and resized.test[0][0].shape == (3, 40, 40)
+
+
+def test_cifar100_without_coarse_labels_has_no_hierarchy(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+
+    write_fake_cifar(tmp_path, "cifar100", n_train=200, coarse=False)
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda path, md5=None: Path(path).is_file())
+    assert "superclass" not in data.load("cifar100", root=tmp_path).meta
 
 
 def write_fake_flowers(root: Path) -> dict[str, list[int]]:

@@ -63,6 +63,36 @@ def _open(name: str, root: Path, download: bool, make: Any) -> Any:
         ) from exc
 
 
+def cifar100_superclasses(root: Path) -> dict[str, Any]:
+    """``superclass`` of every fine class and ``superclass_names``, read from CIFAR-100's own
+    training file (its ``coarse_labels``); ``{}`` when the copy carries no coarse labels.
+
+    torchvision keeps only the fine labels; the 20 superclasses are the hierarchy that node
+    clusters are compared against (docs/methods.md, section 5).
+    """
+    import pickle
+
+    where = folder("cifar100", root)
+    with open(where / "train", "rb") as fh:
+        batch = pickle.load(fh, encoding="latin1")  # noqa: S301 - torchvision reads it the same way
+    if "coarse_labels" not in batch:
+        return {}
+    pairs = set(zip(batch["fine_labels"], batch["coarse_labels"], strict=True))
+    coarse: dict[int, int] = {}
+    for fine, sup in sorted(pairs):
+        if coarse.setdefault(int(fine), int(sup)) != int(sup):
+            raise DatasetNotFoundError(
+                f"CIFAR-100 in {where} gives fine class {fine} two superclasses; the copy is "
+                "corrupted: delete it and pass --download to fetch it again"
+            )
+    with open(where / "meta", "rb") as fh:
+        meta = pickle.load(fh, encoding="latin1")  # noqa: S301
+    n_fine = len(meta.get("fine_label_names") or []) or max(coarse) + 1
+    superclass = [coarse.get(c, -1) for c in range(n_fine)]  # -1: no training sample
+    names = meta.get("coarse_label_names")
+    return {"superclass": superclass, "superclass_names": list(names or [])}
+
+
 def build_cifar(name: str, root: Path, download: bool) -> tuple[TensorSource, TensorSource, list]:
     """``(train, test, classes)`` of CIFAR-10 / CIFAR-100 as in-memory uint8 images."""
     cls = CIFAR[name]

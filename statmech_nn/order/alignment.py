@@ -107,6 +107,11 @@ def _check(stats: xr.Dataset, superclass: np.ndarray, permutations: int) -> None
         raise ConfigError(
             f"the superclass map has {superclass.size} entries but the SNP tensor {n_labels} labels"
         )
+    if (superclass < 0).any():
+        raise ConfigError(
+            f"labels {np.flatnonzero(superclass < 0).tolist()} have no superclass; the alignment "
+            "needs every label's"
+        )
     if np.unique(superclass).size < 2:
         raise ConfigError("a superclass alignment needs at least two superclasses")
 

@@ -17,6 +17,7 @@ from typing import Any
 from statmech_nn.naming import (
     KIND_ANDC_NETWORK,
     KIND_COOPERATION,
+    KIND_FINDINGS,
     KIND_ORDER,
     KIND_SCALING,
     KIND_SNP,
@@ -162,6 +163,24 @@ SECTION_KINDS: list[SectionKind] = [
                 "pruned, objective '{objective}': every trial (grey), the Pareto front (red), "
                 "ANDC at one global theta (blue) and random pruning with the same per-node "
                 "counts (green, mean ± std); dotted: the unpruned readout.",
+            ),
+        ),
+    ),
+    SectionKind(
+        KIND_FINDINGS,
+        "Findings: the claims at 100 labels beside their controls",
+        "Findings",
+        "Every step of `statmech-nn findings` read back from its run, and how the labels single "
+        "nodes group together align with the dataset's superclasses against a permutation of the "
+        "label-to-superclass map (docs/methods.md, section 5; docs/findings.md). The tables are "
+        "the artifact findings/tables.md.",
+        ("alignment_permutations", "seed"),
+        (
+            (
+                r"findings/alignment\.png",
+                "Fraction of label pairs grouped by one node (left: in one cluster; right: both "
+                "recognised) that share a superclass, along depth, beside the null band "
+                "({alignment_permutations} permutations) and chance.",
             ),
         ),
     ),
