@@ -9,10 +9,11 @@ the reference in two documented ways: the warm-up/cosine shape is ours (:func:`t
 and CIFAR-10's reference turns mixup off after epoch 175 and random erasing off, which the
 ``cct`` preset does not do.
 
-The ``bert-mlm-cpu`` and ``bert6-mlm-gpu`` recipes pre-train a BERT-style encoder as a masked language model
-(``objective="mlm"``, docs/methods.md section 10): BERT's AdamW settings (weight decay 0.01,
-gradient clip 1.0, linear warm-up, no label smoothing) with the [NLP-SSB] encoder (BERT-6:
-6 blocks, 12 heads of 64, d = 768, 128 tokens) on a GPU, or a 2-block encoder on 2 CPU cores.
+The ``bert-mlm-cpu`` and ``bert6-mlm-gpu`` recipes pre-train a BERT-style encoder as a masked
+language model (``objective="mlm"``, docs/methods.md section 10): BERT's AdamW settings (weight
+decay 0.01, gradient clip 1.0, linear warm-up, no label smoothing) with the [NLP-SSB] encoder
+(BERT-6: 6 blocks, 12 heads of 64, d = 768, 128 tokens) on a GPU, or a 2-block encoder on 2 CPU
+cores.
 """
 
 from __future__ import annotations
@@ -196,7 +197,9 @@ def config(name: str = DEFAULT, **overrides: Any) -> TrainConfig:
         raise UnknownNameError(
             f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
         )
-    values = {k: dict(v) if isinstance(v, dict) else v for k, v in recipe.values.items()}
+    values: dict[str, Any] = {
+        k: dict(v) if isinstance(v, dict) else v for k, v in recipe.values.items()
+    }
     values["recipe"] = recipe.name
     for key, value in overrides.items():
         if value is None:

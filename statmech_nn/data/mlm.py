@@ -1,4 +1,4 @@
-"""Masked-language-model (MLM) samples: BERT's masking, deterministic per (seed, split, epoch, index).
+"""Masked-language-model (MLM) samples: BERT's masking, a function of (seed, split, epoch, index).
 
 BERT's rule (Devlin et al. 2019, the reference ``create_pretraining_data``): of the positions of a
 sequence that are neither padding nor a special token (``[CLS]``, ``[MASK]``, ``[UNK]``, ...),
@@ -29,6 +29,7 @@ from statmech_nn.errors import ConfigError
 
 __all__ = [
     "IGNORE_INDEX",
+    "MLM_OBJECTIVE",
     "MLM_PROBABILITY",
     "MLM_SPLITS",
     "Masking",
@@ -38,6 +39,9 @@ __all__ = [
     "masking_rng",
     "scored",
 ]
+
+MLM_OBJECTIVE = "mlm"
+"""The training ``objective`` of masked-language-model pre-training (``TrainConfig.objective``)."""
 
 IGNORE_INDEX = -100
 """The target of a position that is not scored (torch's and Hugging Face's convention)."""

@@ -116,7 +116,7 @@ def _check_head(head: str, model_type: str | None = None) -> None:
     if head not in HEADS:
         raise ConfigError(f"hf model head must be one of {', '.join(HEADS)}, got {head!r}")
     if head == MLM_HEAD and model_type in _VISION:
-        raise ConfigError(f"a {model_type} model has no masked-language-model head: pick a text one")
+        raise ConfigError(f"a {model_type} model has no masked-language-model head: use a text one")
 
 
 def _from_config(transformers: Any, config: Any, head: str = CLASSIFIER) -> nn.Module:

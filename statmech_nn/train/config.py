@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
+from statmech_nn.data.mlm import MLM_OBJECTIVE
 from statmech_nn.errors import ConfigError
 
 SCHEDULE_UNITS = ("iteration", "epoch")
-OBJECTIVES = ("classification", "mlm")
+OBJECTIVES = ("classification", MLM_OBJECTIVE)
 """What a run trains for: labels of whole samples, or masked tokens (BERT's MLM pre-training)."""
 RUNTIME_FIELDS = ("device", "workers")
 """Fields a resumed run takes from the caller; every other one comes from the run itself."""

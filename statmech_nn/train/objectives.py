@@ -13,23 +13,18 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from statmech_nn.data.mlm import MaskedTokens, masking_for
+from statmech_nn.data.mlm import MLM_OBJECTIVE, MaskedTokens, masking_for
 from statmech_nn.errors import ConfigError
+from statmech_nn.foreign.hf import MLM_HEAD
 from statmech_nn.train.config import TrainConfig
 
-__all__ = ["MLM", "is_mlm", "model_overrides", "objective_sets"]
-
-MLM = "mlm"
-"""The ``objective`` of masked-language-model pre-training."""
-
-MLM_HEAD = "mlm"
-"""The ``head`` argument of ``hf:`` models that builds their masked-language-model head."""
+__all__ = ["is_mlm", "model_overrides", "objective_sets"]
 
 
 def is_mlm(config: TrainConfig | dict[str, Any]) -> bool:
     """Whether a config (or a stored one, as a dict) pre-trains a masked language model."""
     value = config.get("objective") if isinstance(config, dict) else config.objective
-    return value == MLM
+    return value == MLM_OBJECTIVE
 
 
 def model_overrides(config: TrainConfig) -> dict[str, Any]:

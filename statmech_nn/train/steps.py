@@ -192,7 +192,7 @@ def evaluate_on(
             logits = batches.call_model(model, x)
         logits, y = scored(logits, y)
         loss_sum += F.cross_entropy(logits.float(), y.long(), reduction="sum").item()
-        correct += (logits.argmax(-1) == y).sum().item()
+        correct += int((logits.argmax(-1) == y).sum().item())
         count += len(y)
     model.train(was_training)
     return loss_sum / max(count, 1), correct / max(count, 1)
