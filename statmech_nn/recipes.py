@@ -9,7 +9,7 @@ the reference in two documented ways: the warm-up/cosine shape is ours (:func:`t
 and CIFAR-10's reference turns mixup off after epoch 175 and random erasing off, which the
 ``cct`` preset does not do.
 
-The ``bert-mlm-cpu`` and ``bert6-mlm-gpu`` recipes pre-train a BERT-style encoder as a masked
+The ``mlm-cpu`` and ``mlm-bert6-gpu`` recipes pre-train a BERT-style encoder as a masked
 language model (``objective="mlm"``, docs/methods.md section 10): BERT's AdamW settings (weight
 decay 0.01, gradient clip 1.0, linear warm-up, no label smoothing) with the [NLP-SSB] encoder
 (BERT-6: 6 blocks, 12 heads of 64, d = 768, 128 tokens) on a GPU, or a 2-block encoder on 2 CPU
@@ -67,6 +67,16 @@ _MLM_COMMON: dict[str, Any] = {
     "positional_embedding": "learnable",
     "seed": 0,
 }
+
+_MLM_TEXTSYNTH: dict[str, Any] = {
+    "max_length": 32,
+    "n_train_per_class": 200,
+    "sub_words": 3,
+    "p_sub": 0.4,
+    "filler_words": 20,
+}
+"""textsynth with more, more topical text: each class's own words are predictable from their
+context, so a tiny encoder learns the masked tokens (about 15 % masked-token accuracy)."""
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
@@ -137,14 +147,15 @@ RECIPES: dict[str, Recipe] = {
             },
         ),
         Recipe(
-            "bert-mlm-cpu",
-            "MLM pre-training of a 2-block BERT (d = 32, 4 heads) on textsynth, 2 CPU cores",
+            "mlm-cpu",
+            "MLM pre-training of a 2-block BERT (d = 32, 4 heads) on textsynth, about a minute "
+            "on 2 CPU cores",
             {
                 **_MLM_COMMON,
                 "model": "hf:bert-tiny-text",
                 "dataset": "textsynth",
-                "dataset_options": {"max_length": 32},
-                "epochs": 6,
+                "dataset_options": dict(_MLM_TEXTSYNTH),
+                "epochs": 10,
                 "batch_size": 32,
                 "lr": 3e-3,
                 "warmup_epochs": 0.5,
@@ -154,7 +165,7 @@ RECIPES: dict[str, Recipe] = {
             },
         ),
         Recipe(
-            "bert6-mlm-gpu",
+            "mlm-bert6-gpu",
             "MLM pre-training of BERT-6 ([NLP-SSB]: 6 blocks, 12 heads of 64, d = 768) on "
             "BBC News at 128 tokens, a GPU",
             {

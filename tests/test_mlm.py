@@ -198,14 +198,15 @@ def test_objective_checks(workdir):
 
 
 def test_mlm_recipes():
-    cpu, gpu = recipes.config("bert-mlm-cpu"), recipes.config("bert6-mlm-gpu")
+    cpu, gpu = recipes.config("mlm-cpu"), recipes.config("mlm-bert6-gpu")
     assert (cpu.objective, cpu.model, cpu.dataset) == ("mlm", "hf:bert-tiny-text", "textsynth")
     assert gpu.model == "hf:bert-6" and gpu.dataset_options["max_length"] == 128
     assert gpu.mlm_probability == cpu.mlm_probability == 0.15
     # a --data-option adds to the recipe's dataset options instead of replacing them
-    merged = recipes.config("bert-mlm-cpu", dataset_options={"num_super": 2})
-    assert merged.dataset_options == {"max_length": 32, "num_super": 2}
-    assert recipes.config("bert-mlm-cpu").dataset_options == {"max_length": 32}
+    merged = recipes.config("mlm-cpu", dataset_options={"num_super": 2})
+    assert merged.dataset_options == {**cpu.dataset_options, "num_super": 2}
+    assert merged.dataset_options["max_length"] == 32
+    assert "num_super" not in recipes.config("mlm-cpu").dataset_options
 
 
 @pytest.mark.slow  # logs a training run

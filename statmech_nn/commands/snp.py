@@ -27,7 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "id on the last line; load the tensor with statmech_nn.load_snp(RUN_ID). A model "
             "trained elsewhere: give --model NAME --weights FILE --dataset DATA instead of "
             "RUN_ID; it is first logged as a new run (its provenance: model, weights path and "
-            "SHA-256) whose id is printed before the child run's, for order and study."
+            "SHA-256) whose id is printed before the child run's, for order and study. A run "
+            "pre-trained as a masked language model (train --recipe mlm-cpu) takes --readout "
+            "token: the labels are its --tokens K most frequent masked tokens, one readout per "
+            "masked position (docs/methods.md section 10)."
         ),
     )
     parser.add_argument(

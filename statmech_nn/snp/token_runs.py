@@ -43,7 +43,7 @@ def refuse_classification_run(run_id: str, config: Mapping[str, Any]) -> None:
         objective = config.get("objective") or "classification"
         raise ConfigError(
             f"--readout token needs a run pre-trained as a masked language model (objective "
-            f"mlm, e.g. --recipe bert-mlm-cpu); run {run_id} was trained for {objective}: pass "
+            f"mlm, e.g. --recipe mlm-cpu); run {run_id} was trained for {objective}: pass "
             "--readout seqpool, flatten or mean"
         )
 
