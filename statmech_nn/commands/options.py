@@ -42,13 +42,23 @@ def add_no_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
-def add_readout(parser: argparse.ArgumentParser, *, epochs_help: str, batch_help: str) -> None:
-    """``--readout``, ``--silencing``, ``--readout-epochs``, ``--readout-lr``, ``--batch-size``."""
+def add_readout(
+    parser: argparse.ArgumentParser,
+    *,
+    epochs_help: str,
+    batch_help: str,
+    extra: tuple[str, ...] = (),
+    readout_help: str = "readout trained on each site (default: seqpool)",
+) -> None:
+    """``--readout``, ``--silencing``, ``--readout-epochs``, ``--readout-lr``, ``--batch-size``.
+
+    ``extra``: readouts the command offers beyond :data:`READOUTS` (``snp``: ``token``).
+    """
     parser.add_argument(
         "--readout",
         default="seqpool",
-        choices=READOUTS,
-        help="readout trained on each site (default: seqpool)",
+        choices=(*READOUTS, *extra),
+        help=readout_help,
     )
     parser.add_argument(
         "--silencing",

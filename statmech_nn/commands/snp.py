@@ -11,6 +11,7 @@ from typing import Any
 
 from statmech_nn.commands import options
 from statmech_nn.errors import ConfigError
+from statmech_nn.snp.tokens import TOKEN_READOUT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "id on the last line; load the tensor with statmech_nn.load_snp(RUN_ID). A model "
             "trained elsewhere: give --model NAME --weights FILE --dataset DATA instead of "
             "RUN_ID; it is first logged as a new run (its provenance: model, weights path and "
-            "SHA-256) whose id is printed before the child run's, for order and study."
+            "SHA-256) whose id is printed before the child run's, for order and study. A run "
+            "pre-trained as a masked language model (train --recipe mlm-cpu) takes --readout "
+            "token: the labels are its --tokens K most frequent masked tokens, one readout per "
+            "masked position (docs/methods.md section 10)."
         ),
     )
     parser.add_argument(
@@ -52,6 +56,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser,
         epochs_help="epochs of readout training (default: 10; the papers used 200 on CIFAR)",
         batch_help="batch size of readout training and evaluation (default: 128)",
+        extra=(TOKEN_READOUT,),
+        readout_help=(
+            "readout trained on each site (default: seqpool); token: token-level SNP of a run "
+            "pre-trained as a masked language model, one readout per masked position over the "
+            "--tokens most frequent masked tokens (docs/methods.md section 10)"
+        ),
+    )
+    parser.add_argument(
+        "--tokens",
+        metavar="K",
+        type=int,
+        default=None,
+        help="--readout token: the K most frequent masked target tokens are the labels "
+        "(default: 100)",
     )
     parser.add_argument(
         "--chunk-size",
@@ -152,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
 
     readout = options.readout_options(args, minimum_epochs=1)
     options.at_least("--chunk-size", args.chunk_size, 1)
+    options.at_least("--tokens", args.tokens, 1)
+    if args.tokens is not None and args.readout != TOKEN_READOUT:
+        raise ConfigError(f"--tokens K is for --readout token, not --readout {args.readout}")
     options.sample_limits(args)
     imported = _foreign_run(args)
     if imported is not None:
@@ -168,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         limit_train=args.limit_train,
         limit_eval=args.limit_eval,
+        tokens=args.tokens,
         **readout,
     )
     for line in snp_summary(ds):

@@ -188,7 +188,8 @@ class TextSplits(Splits):
     ``img_size`` is ``None`` (so training keeps the model's own), ``channels``, ``mean`` and
     ``std`` are 0 / empty; ``max_length`` is the sequence length ``T``. ``vocab`` is the word
     vocabulary (``None`` with a ``transformers`` tokenizer, whose folder is ``tokenizer``);
-    ``token_names`` lists the string of every token id.
+    ``token_names`` lists the string of every token id; ``special_ids`` the ids of the special
+    tokens (never masked by masked-language-model pre-training).
     """
 
     max_length: int = 0
@@ -196,6 +197,7 @@ class TextSplits(Splits):
     pad_id: int = PAD_ID
     cls_id: int | None = CLS_ID
     mask_id: int | None = MASK_ID
+    special_ids: tuple[int, ...] = tuple(range(len(SPECIAL_TOKENS)))
     tokenizer: str | None = None
     vocab: Vocabulary | None = None
     token_names: list[str] = field(default_factory=list)

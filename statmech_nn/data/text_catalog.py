@@ -234,6 +234,7 @@ def _encode(
             "pad_id": tok.pad_token_id,
             "cls_id": tok.cls_token_id,
             "mask_id": tok.mask_token_id,
+            "special_ids": tuple(int(i) for i in tok.all_special_ids),
             "tokenizer": str(options["tokenizer"]),
             "vocab": None,
             "token_names": tok.convert_ids_to_tokens(list(range(len(tok)))),

@@ -1,11 +1,13 @@
-"""``hf:<name-or-path>``: Hugging Face ``transformers`` classifiers, built offline.
+"""``hf:<name-or-path>``: Hugging Face ``transformers`` classifiers (or masked LMs), built offline.
 
 ``<name>`` is a named config below (random weights), a local model directory, or a model id
 already in the Hugging Face cache (``local_files_only``: nothing is downloaded). Images (float
 tensors) go in as ``pixel_values``, token ids (integer tensors) as ``input_ids`` with the
 batch's ``attention_mask`` (``statmech_nn.batches.call_model``), or ``ids != pad_token_id``
 without one. The model's config (the non-default values) is kept in
-``model.config["hf_config"]`` so a checkpoint rebuilds without the directory.
+``model.config["hf_config"]`` so a checkpoint rebuilds without the directory. ``head="mlm"``
+builds the text model's masked-language-model head instead of a classifier (logits ``[B, T, V]``
+over the vocabulary; recorded as ``model.config["head"]``), for MLM pre-training.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from statmech_nn.foreign.extras import require
 from statmech_nn.foreign.wrapper import ForeignModel
 
 _VISION = {"vit": "ViTForImageClassification", "deit": "DeiTForImageClassification"}
+CLASSIFIER, MLM_HEAD = "classifier", "mlm"
+HEADS = (CLASSIFIER, MLM_HEAD)
 _TINY_TEXT = dict(vocab_size=100, max_position_embeddings=64)
 
 # name: (model_type, config values); vision configs get image_size = img_size (default 32).
@@ -69,7 +73,7 @@ NAMED: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 class HFClassifier(ForeignModel):
-    """A ``transformers`` classifier whose ``forward(x)`` returns the logits tensor."""
+    """A ``transformers`` classifier (or masked LM) whose ``forward(x)`` returns the logits."""
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of images ``x`` or token ids ``x`` with their ``attention_mask`` (1 = real).
@@ -99,14 +103,33 @@ def _stored(config: Any) -> dict[str, Any]:
     return values
 
 
-def _auto_class(transformers: Any, model_type: str) -> Any:
+def _auto_class(transformers: Any, model_type: str, head: str = CLASSIFIER) -> Any:
+    if head == MLM_HEAD:
+        return transformers.AutoModelForMaskedLM
     if model_type in _VISION:
         return getattr(transformers, _VISION[model_type])
     return transformers.AutoModelForSequenceClassification
 
 
-def _from_config(transformers: Any, config: Any) -> nn.Module:
-    """A randomly initialised classifier of ``config``."""
+def _check_head(head: str, model_type: str | None = None) -> None:
+    """``head`` is one of :data:`HEADS`, and a masked-LM head is asked only of a text model."""
+    if head not in HEADS:
+        raise ConfigError(f"hf model head must be one of {', '.join(HEADS)}, got {head!r}")
+    if head == MLM_HEAD and model_type in _VISION:
+        raise ConfigError(f"a {model_type} model has no masked-language-model head: use a text one")
+
+
+def _from_config(transformers: Any, config: Any, head: str = CLASSIFIER) -> nn.Module:
+    """A randomly initialised classifier (or masked LM) of ``config``."""
+    _check_head(head, config.model_type)
+    if head == MLM_HEAD:
+        try:
+            return transformers.AutoModelForMaskedLM.from_config(config)
+        except ValueError:
+            raise ConfigError(
+                f"a {config.model_type} model has no masked-language-model head in transformers; "
+                "pick a BERT-style encoder (hf:bert-tiny-text, hf:bert-6)"
+            ) from None
     if config.model_type in _VISION:
         return getattr(transformers, _VISION[config.model_type])(config)
     return transformers.AutoModelForSequenceClassification.from_config(config)
@@ -122,14 +145,18 @@ def _named_config(transformers: Any, name: str, num_classes: int, img_size: int 
     return transformers.AutoConfig.for_model(model_type, num_labels=num_classes, **values)
 
 
-def _pretrained(transformers: Any, name: str, num_classes: int) -> nn.Module:
-    """A local directory or a cached model id, with a fresh classifier of ``num_classes``."""
+def _pretrained(
+    transformers: Any, name: str, num_classes: int, head: str = CLASSIFIER
+) -> nn.Module:
+    """A local directory or a cached model id, with a fresh classifier of ``num_classes`` (or
+    its masked-LM head)."""
     local = Path(name).expanduser()
     source = str(local) if local.is_dir() else name
     try:
         config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
         config.num_labels = num_classes
-        auto = _auto_class(transformers, config.model_type)
+        _check_head(head, config.model_type)
+        auto = _auto_class(transformers, config.model_type, head)
         return auto.from_pretrained(
             source, config=config, local_files_only=True, ignore_mismatched_sizes=True
         )
@@ -147,22 +174,25 @@ def build(
     num_classes: int = 10,
     img_size: int | None = None,
     hf_config: dict[str, Any] | None = None,
+    head: str = CLASSIFIER,
     **overrides: Any,
 ) -> HFClassifier:
-    """``hf:<name>`` as a classifier; ``hf_config`` (as stored) rebuilds without any files."""
+    """``hf:<name>`` as a classifier (``head="mlm"``: a masked LM); ``hf_config`` (as stored)
+    rebuilds without any files."""
     transformers = require("transformers")
+    _check_head(head)
     if hf_config is not None:
         values = {**hf_config, **overrides}
         config = transformers.AutoConfig.for_model(values.pop("model_type"), **values)
         config.num_labels = num_classes
-        net = _from_config(transformers, config)
+        net = _from_config(transformers, config, head)
     elif name in NAMED:
         config = _named_config(transformers, name, num_classes, img_size)
         for key, value in overrides.items():
             setattr(config, key, value)
-        net = _from_config(transformers, config)
+        net = _from_config(transformers, config, head)
     else:
-        net = _pretrained(transformers, name, num_classes)
+        net = _pretrained(transformers, name, num_classes, head)
         for key, value in overrides.items():
             setattr(net.config, key, value)
     built: Any = net.config
@@ -174,4 +204,6 @@ def build(
         "img_size": int(built.image_size) if vision else img_size,
         "hf_config": stored,
     }
+    if head != CLASSIFIER:
+        record["head"] = head
     return HFClassifier(net, record)

@@ -12,6 +12,9 @@ package follows the data flow, each module importing only the ones before it:
 - :mod:`~statmech_nn.snp.runs`: MLflow ``snp`` runs (:func:`for_run` / :func:`compute_for_run`,
   :func:`load_from_run`, :func:`find_snp_run`, :func:`load_readouts`).
 - :mod:`~statmech_nn.snp.reference`: the slow literal procedure tests compare against.
+- :mod:`~statmech_nn.snp.tokens`, :mod:`~statmech_nn.snp.token_compute`,
+  :mod:`~statmech_nn.snp.token_runs`: token-level SNP of a masked-language-model run (section
+  10): the science, the readouts per masked position, and its ``snp`` run (``readout="token"``).
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ from typing import Any, cast
 import torch
 import xarray as xr
 
+from statmech_nn.data.mlm import MLM_OBJECTIVE
 from statmech_nn.data.splits import Splits
-from statmech_nn.errors import TrackingError, UnknownNameError
+from statmech_nn.errors import ConfigError, TrackingError, UnknownNameError
 from statmech_nn.naming import KIND_SNP, KIND_TAG
 from statmech_nn.readout import Readout, ReadoutConfig
 from statmech_nn.sites import Site, layer_label, resolve
@@ -35,6 +36,7 @@ from statmech_nn.snp.store import (
     save,
     save_readouts,
 )
+from statmech_nn.snp.tokens import TOKEN_READOUT
 
 __all__ = [
     "ARTIFACT_PATH",
@@ -155,7 +157,7 @@ def load_readouts(
 # -- computing an SNP run ------------------------------------------------------------------------
 
 
-def _limited_splits(
+def limited_splits(
     run_id: str,
     splits: Any,
     split: str,
@@ -171,7 +173,16 @@ def _limited_splits(
     return splits.limited(seed, **limits)
 
 
-def _run_params(
+def refuse_mlm_run(run_id: str, config: Mapping[str, Any], readout: str) -> None:
+    """A sample-label readout of a run pre-trained as a masked language model: ConfigError."""
+    if config.get("objective") == MLM_OBJECTIVE:
+        raise ConfigError(
+            f"run {run_id} was pre-trained as a masked language model (objective mlm): it has "
+            f"no labels for --readout {readout}; pass --readout token --tokens K"
+        )
+
+
+def run_params(
     site_list: Sequence[Site], config: ReadoutConfig, choices: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The ``snp`` child run's params: the sites, the readout training and every choice."""
@@ -196,7 +207,7 @@ def _run_params(
     }
 
 
-def _provenance(ckpt: Any, child_id: str, run_id: str) -> dict[str, Any]:
+def provenance(ckpt: Any, child_id: str, run_id: str) -> dict[str, Any]:
     """Dataset attrs naming the model, data, checkpoint and runs the tensor comes from."""
     return {
         "model": str(ckpt.model_config.get("name", "")),
@@ -208,7 +219,7 @@ def _provenance(ckpt: Any, child_id: str, run_id: str) -> dict[str, Any]:
     }
 
 
-def _readout_metrics(ds: xr.Dataset, site_list: Sequence[Site]) -> dict[str, float]:
+def readout_metrics(ds: xr.Dataset, site_list: Sequence[Site]) -> dict[str, float]:
     """``acc.readout.{kind}.{layer label}``: each site's readout accuracy."""
     return {
         f"acc.readout.{site.kind}.{layer_label(site)}": float(
@@ -218,7 +229,7 @@ def _readout_metrics(ds: xr.Dataset, site_list: Sequence[Site]) -> dict[str, flo
     }
 
 
-def _log_artifacts(ds: xr.Dataset, trained: Mapping[str, Readout]) -> None:
+def log_artifacts(ds: xr.Dataset, trained: Mapping[str, Readout]) -> None:
     """Log the readout files, then ``snp/snp.nc`` last (its presence means the run is complete)."""
     import mlflow
 
@@ -248,8 +259,14 @@ def compute_for_run(
     limit_eval: int | None = None,
     readout_options: Mapping[str, Any] | None = None,
     data_root: str | os.PathLike | None = None,
+    tokens: int | None = None,
 ) -> tuple[str, xr.Dataset]:
     """SNP tensor of a training run's checkpoint, logged in an ``snp`` child run.
+
+    ``readout="token"`` (with ``tokens`` = K, default 100) is the token-level SNP of a run
+    pre-trained as a masked language model (:func:`statmech_nn.snp.token_runs.token_for_run`);
+    the other readouts are for classification runs, and each is refused (ConfigError) for the
+    other kind of run.
 
     Loads the checkpoint (``epoch`` or the last), rebuilds the run's data without augmentation,
     trains the readouts on the train split and computes the matrices on ``split``. The child run
@@ -266,13 +283,36 @@ def compute_for_run(
     from statmech_nn import tracking
     from statmech_nn.data import data_for_analysis
 
+    if readout == TOKEN_READOUT:
+        from statmech_nn.snp.token_runs import token_for_run
+
+        return token_for_run(
+            run_id,
+            epoch=epoch,
+            sites=sites,
+            tokens=100 if tokens is None else tokens,
+            readout_epochs=readout_epochs,
+            batch_size=batch_size,
+            split=split,
+            seed=seed,
+            device=device,
+            progress=progress,
+            tracking_uri=tracking_uri,
+            limit_train=limit_train,
+            limit_eval=limit_eval,
+            readout_options=readout_options,
+            data_root=data_root,
+        )
+    if tokens is not None:
+        raise ConfigError(f"--tokens K is for --readout token, not --readout {readout}")
     check_options(readout, silencing, split)
     tracking.init_store(tracking_uri)
     ckpt = tracking.load_checkpoint(run_id, epoch)
+    refuse_mlm_run(run_id, ckpt.config, readout)
     site_list = resolve(ckpt.model, sites)
     data = data_for_analysis(ckpt.config, augment="none", data_root=data_root)
     limits = {"limit_train": limit_train, "limit_eval": limit_eval}
-    splits = _limited_splits(run_id, data, split, seed=seed, **limits)
+    splits = limited_splits(run_id, data, split, seed=seed, **limits)
     options = dict(readout_options or {})
     config = ReadoutConfig(
         readout=readout, epochs=readout_epochs, batch_size=batch_size, seed=seed, **options
@@ -290,7 +330,7 @@ def compute_for_run(
     with tracking.child_run(run_id, KIND_SNP) as active:
         child_id = active.info.run_id
         mlflow.set_tag(KIND_TAG, KIND_SNP)
-        mlflow.log_params(_run_params(site_list, config, recorded))
+        mlflow.log_params(run_params(site_list, config, recorded))
         ds, trained = cast(
             tuple[xr.Dataset, dict[str, Readout]],
             compute(
@@ -300,13 +340,13 @@ def compute_for_run(
                 device=device,
                 progress=progress,
                 readout_options=options,
-                attrs=_provenance(ckpt, child_id, run_id),
+                attrs=provenance(ckpt, child_id, run_id),
                 return_readouts=True,
                 **settings,
             ),
         )
-        mlflow.log_metrics(_readout_metrics(ds, site_list))
-        _log_artifacts(ds, trained)
+        mlflow.log_metrics(readout_metrics(ds, site_list))
+        log_artifacts(ds, trained)
     return child_id, ds
 
 

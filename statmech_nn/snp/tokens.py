@@ -30,7 +30,15 @@ from statmech_nn.sites import Site
 from statmech_nn.snp.dataset import build_dataset
 from statmech_nn.snp.engine import SiteMatrices, head_count
 
-__all__ = ["TOKEN_READOUT", "TokenSums", "token_site_matrices", "token_snp", "top_tokens"]
+__all__ = [
+    "TOKEN_READOUT",
+    "TokenSums",
+    "token_dataset",
+    "token_label_names",
+    "token_site_matrices",
+    "token_snp",
+    "top_tokens",
+]
 
 TOKEN_READOUT = "token"
 """The ``readout`` attr of a token-level SNP Dataset."""
@@ -142,6 +150,45 @@ def token_site_matrices(
     return SiteMatrices(site, raw.cpu(), cpu, accuracy, sums.counts.cpu()), sums.left_out
 
 
+def token_label_names(tokens: torch.Tensor, token_names: Sequence[str] | None) -> list[str]:
+    """The label names of the chosen ``tokens``: their strings (default: the ids)."""
+    if token_names is None:
+        return [str(t) for t in tokens.tolist()]
+    if int(tokens.max()) >= len(token_names):
+        raise ConfigError(f"{len(token_names)} token names do not cover token {tokens.max()}")
+    return [str(token_names[t]) for t in tokens.tolist()]
+
+
+def token_dataset(
+    results: Mapping[str, SiteMatrices],
+    tokens: torch.Tensor,
+    token_names: Sequence[str] | None,
+    k: int,
+    masked_positions: int,
+    left_out: int,
+    split: str = "test",
+    readout_config: str = "{}",
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """The token-level SNP Dataset of per-site raw matrices (:func:`token_site_matrices`)."""
+    info = {
+        "token_ids": [int(t) for t in tokens.tolist()],
+        "token_k": int(k),
+        "masked_positions": int(masked_positions),
+        "left_out_positions": int(left_out),  # the same for every site
+        **dict(attrs or {}),
+    }
+    return build_dataset(
+        results,
+        token_label_names(tokens, token_names),
+        readout=TOKEN_READOUT,
+        silencing="none",
+        split=split,
+        readout_config=readout_config,
+        attrs=info,
+    )
+
+
 def token_snp(
     sites: Sequence[Site],
     activations: Mapping[str, torch.Tensor],
@@ -163,23 +210,13 @@ def token_snp(
     if not sites:
         raise ConfigError("no sites to analyse")
     tokens, _ = top_tokens(masked, targets, k)
-    names = [str(t) for t in tokens.tolist()]
-    if token_names is not None:
-        if int(tokens.max()) >= len(token_names):
-            raise ConfigError(f"{len(token_names)} token names do not cover token {tokens.max()}")
-        names = [str(token_names[t]) for t in tokens.tolist()]
+    token_label_names(tokens, token_names)  # refused before any matrix is computed
     results, left_out = {}, 0
     for site in sites:
         results[site.name], left_out = token_site_matrices(
             site, activations[site.name], masked, targets, weights[site.name], tokens
         )
-    info = {
-        "token_ids": [int(t) for t in tokens.tolist()],
-        "token_k": int(k),
-        "masked_positions": int(masked.bool().sum()),
-        "left_out_positions": left_out,  # the same for every site
-        **dict(attrs or {}),
-    }
-    return build_dataset(
-        results, names, readout=TOKEN_READOUT, silencing="none", split=split, attrs=info
+    masked_positions = int(masked.bool().sum())
+    return token_dataset(
+        results, tokens, token_names, k, masked_positions, left_out, split, attrs=attrs
     )

@@ -13,13 +13,19 @@ therefore depend only on the seed and ``e``, and a run resumed from the checkpoi
 (model, optimiser, schedule, scaler) continues exactly as the uninterrupted run would have: on
 CPU the final weights are equal bit for bit. RNG states are stored in checkpoints as well.
 
+Objectives (``objective``, :mod:`statmech_nn.train.objectives`): ``classification`` (default)
+or ``mlm``, masked-language-model pre-training of a Hugging Face BERT-style encoder on a text set
+with BERT's masking drawn per ``(seed, split, epoch, sample)`` (:mod:`statmech_nn.data.mlm`), so
+resume stays exact; its losses and accuracies are per masked token.
+
 Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DDP (gloo on CPU,
 nccl on CUDA), each rank reads its shard through a ``DistributedSampler``, and only rank 0
 evaluates, logs to MLflow and writes checkpoints. ``batch_size`` is per process.
 
 Modules: ``config`` (TrainConfig and its checks), ``schedule`` (learning rates), ``steps`` (the
 one training step, loss, evaluation, checkpoint state), ``determinism`` (seeds, RNG states),
-``dist`` (torchrun), ``records`` (what a run logs), ``loop`` (``train``) and ``finetune``
+``dist`` (torchrun), ``records`` (what a run logs), ``objectives`` (classification or MLM),
+``loop`` (``train``) and ``finetune``
 (``fine_tune``, the short retraining that network pruning uses).
 """
 

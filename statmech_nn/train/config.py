@@ -15,9 +15,12 @@ from typing import Any
 
 import torch
 
+from statmech_nn.data.mlm import MLM_OBJECTIVE
 from statmech_nn.errors import ConfigError
 
 SCHEDULE_UNITS = ("iteration", "epoch")
+OBJECTIVES = ("classification", MLM_OBJECTIVE)
+"""What a run trains for: labels of whole samples, or masked tokens (BERT's MLM pre-training)."""
 RUNTIME_FIELDS = ("device", "workers")
 """Fields a resumed run takes from the caller; every other one comes from the run itself."""
 
@@ -31,7 +34,10 @@ class TrainConfig:
     ``limit_eval`` keep a seeded random subset of that many samples (smoke tests, quick looks).
     ``schedule_per`` sets whether the learning rate moves every iteration (fractional epochs) or
     once per epoch (as timm does). ``keep_resume``: checkpoints that keep the full resume state
-    (the newest N); older ones keep the weights alone.
+    (the newest N); older ones keep the weights alone. ``objective="mlm"`` pre-trains a
+    Hugging Face BERT-style encoder (``hf:`` models) as a masked language model on a text set,
+    masking ``mlm_probability`` of the positions (:mod:`statmech_nn.data.mlm`); its accuracies
+    are then masked-token accuracies.
     """
 
     model: str = "cct_2_3x2_32"
@@ -69,6 +75,8 @@ class TrainConfig:
     limit_train: int | None = None
     limit_eval: int | None = None
     recipe: str | None = None
+    objective: str = "classification"
+    mlm_probability: float = 0.15
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -163,7 +171,9 @@ def check_config(config: TrainConfig) -> None:
     _real(config, "val_fraction", 0.0, 1.0)
     for name in ("label_smoothing", "attention_dropout", "stochastic_depth"):
         _real(config, name, 0.0, 1.0, optional=True)
+    _real(config, "mlm_probability", 0.0, 1.0, low_open=True)
     _check_choice(config, "schedule_per", SCHEDULE_UNITS)
+    _check_choice(config, "objective", OBJECTIVES)
     for name in ("amp", "bf16", "download"):
         _check_flag(config, name)
     check_device_name(config.device)

@@ -116,6 +116,9 @@ def epoch_loader(state: TrainState, epoch: int) -> tuple[DataLoader, torch.Gener
     """Reseed everything for ``epoch``; the epoch's training loader and its generator."""
     config, dist = state.config, state.dist
     seed_everything(epoch_seed(config.seed, epoch, dist.rank))
+    set_epoch = getattr(state.train_set, "set_epoch", None)
+    if set_epoch is not None:  # MLM masks are drawn per (seed, epoch, sample)
+        set_epoch(epoch)
     gen = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
     if dist.enabled:
         sampler: Any = torch.utils.data.DistributedSampler(
@@ -156,7 +159,11 @@ def _training_step(state: TrainState, epoch: int) -> Step:
 
 
 def train_epoch(state: TrainState, epoch: int, loader: DataLoader) -> dict[str, float]:
-    """One pass over ``loader``: ``train_loss``, ``train_acc``, ``lr``, ``images_per_s``."""
+    """One pass over ``loader``: ``train_loss``, ``train_acc``, ``lr``, ``images_per_s``.
+
+    Loss and accuracy are per sample, or per masked token for an MLM run; ``images_per_s``
+    counts samples (sequences for text).
+    """
     from tqdm.auto import tqdm
 
     step = _training_step(state, epoch)
@@ -171,12 +178,12 @@ def train_epoch(state: TrainState, epoch: int, loader: DataLoader) -> dict[str, 
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
     bar.close()
     elapsed = time.perf_counter() - start
-    loss_sum, correct, count = all_reduce_sum(totals.as_tensor(), state.dist).tolist()
+    loss_sum, correct, count, samples = all_reduce_sum(totals.as_tensor(), state.dist).tolist()
     return {
         "train_loss": loss_sum / max(count, 1),
         "train_acc": correct / max(count, 1),
         "lr": state.optimizer.param_groups[0]["lr"],
-        "images_per_s": count / max(elapsed, 1e-9),
+        "images_per_s": samples / max(elapsed, 1e-9),
     }
 
 

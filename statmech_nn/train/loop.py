@@ -38,6 +38,7 @@ from statmech_nn.train.dist import (
     resolve_device,
 )
 from statmech_nn.train.epoch import checkpoint_of, log_new_metrics, run_epoch
+from statmech_nn.train.objectives import model_overrides, objective_sets
 from statmech_nn.train.schedule import Schedule
 from statmech_nn.train.state import EpochCallback, TrainState
 from statmech_nn.train.steps import (
@@ -163,7 +164,7 @@ def _build_model(config: TrainConfig, device: torch.device) -> nn.Module:
     """The seeded, untrained model of ``config``; a model option that cannot work is one line."""
     from statmech_nn import models
 
-    overrides = dict(config.model_overrides)
+    overrides = {**config.model_overrides, **model_overrides(config)}
     for key in ("attention_dropout", "stochastic_depth"):
         if getattr(config, key) is not None:
             overrides[key] = getattr(config, key)
@@ -203,6 +204,7 @@ def _prepare(config: TrainConfig, dist: Dist) -> TrainState:
         test=config.limit_eval,
         training_seeds=True,
     )
+    train_set, val_set, test_set = objective_sets(config, splits, cut.train, cut.val, cut.test)
     model = _build_model(config, device)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     per_rank = math.ceil(len(cut.train) / dist.world)  # type: ignore[arg-type]
@@ -211,9 +213,9 @@ def _prepare(config: TrainConfig, dist: Dist) -> TrainState:
         dist=dist,
         device=device,
         splits=splits,
-        train_set=cut.train,
-        val_set=cut.val,
-        test_set=cut.test,
+        train_set=train_set,
+        val_set=val_set,
+        test_set=test_set,
         model=model,
         optimizer=optimizer,
         schedule=Schedule(config, optimizer, math.ceil(per_rank / config.batch_size)),

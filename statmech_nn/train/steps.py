@@ -2,7 +2,9 @@
 
 Parameter groups, the loss (hard labels with smoothing, or soft mixup/cutmix targets), autocast,
 the optimiser + gradient-scaler step, evaluation of a model on a dataset, and the state a
-checkpoint holds.
+checkpoint holds. Labels ``[B]`` are scored per sample; token targets ``[B, T]`` (masked-language
+-model batches, :mod:`statmech_nn.data.mlm`) at their scored positions only, so loss and accuracy
+are then per masked token.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from statmech_nn import batches
+from statmech_nn.data.mlm import scored
 from statmech_nn.train.determinism import rng_state
 
 CHECKPOINT_FORMAT = "statmech-nn.checkpoint/1"
@@ -72,9 +75,15 @@ def loss_of(
     target: torch.Tensor | None,
     label_smoothing: float,
 ) -> torch.Tensor:
-    """The training loss: soft-target cross-entropy if ``target`` is given, else smoothed CE."""
+    """The training loss: soft-target cross-entropy if ``target`` is given, else smoothed CE.
+
+    Token targets are scored at their masked positions (a batch without any scores 0).
+    """
     if target is not None:
         return soft_target_loss(logits, target)
+    logits, labels = scored(logits, labels)
+    if not len(labels):
+        return logits.float().sum() * 0.0
     return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
 
@@ -137,23 +146,27 @@ class Step:
 
 @dataclass
 class Totals:
-    """Running sums over batches: loss (float64, per sample), correct top-1 and sample count."""
+    """Running sums over batches: loss (float64, per scored prediction), correct top-1, the
+    count of scored predictions (samples, or masked tokens) and of samples."""
 
     loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
     correct: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.int64))
     count: int = 0
+    samples: int = 0
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add a batch whose mean loss is ``loss``."""
+        """Add a batch whose mean loss (per scored prediction) is ``loss``."""
+        self.samples += len(labels)
+        logits, labels = scored(logits, labels)
         n = len(labels)
         self.loss_sum += loss.double().cpu() * n
         self.correct += (logits.argmax(-1) == labels).sum().cpu()
         self.count += n
 
     def as_tensor(self) -> torch.Tensor:
-        """``[loss sum, correct, count]`` as float64 (to sum over ranks)."""
+        """``[loss sum, correct, count, samples]`` as float64 (to sum over ranks)."""
         values = [self.loss_sum.item(), float(self.correct.item()), float(self.count)]
-        return torch.tensor(values, dtype=torch.float64)
+        return torch.tensor([*values, float(self.samples)], dtype=torch.float64)
 
 
 @torch.no_grad()
@@ -167,7 +180,8 @@ def evaluate_on(
 ) -> tuple[float, float]:
     """Mean cross-entropy and top-1 accuracy of ``model`` (eval mode, no smoothing) on ``dataset``.
 
-    The model's training flag is restored afterwards.
+    Per sample, or per masked token for token targets. The model's training flag is restored
+    afterwards.
     """
     was_training = model.training
     model.eval()
@@ -176,8 +190,9 @@ def evaluate_on(
         x, y = batches.split_batch((x, y), device)
         with autocast(device, amp, bf16):
             logits = batches.call_model(model, x)
+        logits, y = scored(logits, y)
         loss_sum += F.cross_entropy(logits.float(), y.long(), reduction="sum").item()
-        correct += (logits.argmax(-1) == y).sum().item()
+        correct += int((logits.argmax(-1) == y).sum().item())
         count += len(y)
     model.train(was_training)
     return loss_sum / max(count, 1), correct / max(count, 1)
