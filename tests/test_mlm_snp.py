@@ -184,3 +184,27 @@ def test_mlm_run_then_token_snp_then_order(workdir, capsys, child_runs):
     assert cli.main(["snp", run_id, "--readout", "mean", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--readout token" in err[0]
+
+
+@pytest.mark.slow
+def test_token_snp_over_checkpoints_recomputes_the_stored_tensor(workdir, capsys, child_runs):
+    """``order --over-checkpoints`` on a token SNP run: the settings read back from the stored
+    tensor reproduce it at its own checkpoint, and Q is logged at every checkpoint."""
+    from statmech_nn.order.checkpoints import snp_over_checkpoints, snp_settings
+
+    run_id = train(TrainConfig(epochs=2, seed=0, checkpoint_every=1, **TINY))
+    argv = ["snp", run_id, "--readout", "token", "--tokens", str(K), "--readout-epochs", "3"]
+    assert cli.main([*argv, "--device", "cpu", "--no-progress"]) == 0, capsys.readouterr().err
+    (snp_run,) = child_runs(run_id, "snp")
+    ds = snp.load_from_run(run_id)
+    settings = snp_settings(ds, dict(snp_run.data.params))
+    assert settings["readout"] == "token" and settings["tokens"] == K
+    ((epoch, again),) = list(snp_over_checkpoints(run_id, settings, epochs=[2], device="cpu"))
+    assert epoch == 2 and list(again.attrs["token_ids"]) == list(ds.attrs["token_ids"])
+    for kind in ("mha", "ff"):
+        np.testing.assert_allclose(again[f"snp_{kind}"].values, ds[f"snp_{kind}"].values, atol=1e-6)
+
+    order_argv = ["order", run_id, "--over-checkpoints", "--null-permutations", "10"]
+    assert cli.main(order_argv) == 0, capsys.readouterr().err
+    (order_run,) = child_runs(run_id, "order")
+    assert sorted(history(order_run.info.run_id, "order.Q.block1")) == [0, 1, 2]

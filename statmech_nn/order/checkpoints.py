@@ -14,6 +14,7 @@ from typing import Any
 import xarray as xr
 
 from statmech_nn.errors import CheckpointError
+from statmech_nn.snp.tokens import TOKEN_READOUT
 
 _READOUT_FIELDS = ("lr", "momentum", "nesterov", "weight_decay", "schedule")
 
@@ -41,6 +42,7 @@ def snp_settings(ds: xr.Dataset, params: dict[str, str]) -> dict[str, Any]:
         "readout_options": {k: config[k] for k in _READOUT_FIELDS if k in config},
         "limit_train": _int_or_none(params.get("limit_train")),
         "limit_eval": _int_or_none(params.get("limit_eval")),
+        **({"tokens": int(ds.attrs["token_k"])} if readout == TOKEN_READOUT else {}),
     }
 
 
@@ -93,6 +95,7 @@ def snp_over_checkpoints(
     ``splits`` is :func:`checkpoint_data`'s result (built here when not given).
     """
     from statmech_nn import snp, tracking
+    from statmech_nn.snp.token_runs import token_for_checkpoint
 
     available = checkpoint_epochs(training_run_id)
     wanted = available if epochs is None else [e for e in available if e in set(epochs)]
@@ -106,8 +109,11 @@ def snp_over_checkpoints(
             "checkpoint_epoch": int(ckpt.epoch),
             "training_run_id": training_run_id,
         }
-        ds = snp.compute(
-            ckpt.model, splits, device=device, progress=progress, attrs=attrs, **settings
-        )
+        if settings.get("readout") == TOKEN_READOUT:
+            ds = token_for_checkpoint(ckpt, splits, settings, device, progress, attrs)
+        else:
+            ds = snp.compute(
+                ckpt.model, splits, device=device, progress=progress, attrs=attrs, **settings
+            )
         assert isinstance(ds, xr.Dataset)  # no readouts asked for
         yield epoch, ds

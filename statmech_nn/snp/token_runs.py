@@ -34,7 +34,7 @@ from statmech_nn.snp.runs import (
 from statmech_nn.snp.token_compute import compute_tokens
 from statmech_nn.snp.tokens import TOKEN_READOUT
 
-__all__ = ["refuse_classification_run", "token_for_run"]
+__all__ = ["masked_splits", "refuse_classification_run", "token_for_checkpoint", "token_for_run"]
 
 
 def refuse_classification_run(run_id: str, config: Mapping[str, Any]) -> None:
@@ -46,6 +46,52 @@ def refuse_classification_run(run_id: str, config: Mapping[str, Any]) -> None:
             f"mlm, e.g. --recipe mlm-cpu); run {run_id} was trained for {objective}: pass "
             "--readout seqpool, flatten or mean"
         )
+
+
+def masked_splits(
+    config: Mapping[str, Any], data: Any, splits: Any, split: str
+) -> tuple[MaskedTokens, MaskedTokens]:
+    """The train split and ``split`` as MLM samples with the training run's own masking."""
+    masking = masking_for(data, float(config.get("mlm_probability", MLM_PROBABILITY)))
+    mask_seed = int(config.get("seed", 0))
+    train = MaskedTokens(splits.train, masking, mask_seed, "train")
+    return train, MaskedTokens(getattr(splits, split), masking, mask_seed, split)
+
+
+def token_for_checkpoint(
+    ckpt: Any,
+    splits: Any,
+    settings: Mapping[str, Any],
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Token-level SNP of one checkpoint with an SNP run's ``settings`` (``order`` over
+    checkpoints): the same sites, K, readout training, split and masks."""
+    refuse_classification_run(str(attrs.get("training_run_id", "?") if attrs else "?"), ckpt.config)
+    split = str(settings["split"])
+    train, evaluated = masked_splits(ckpt.config, splits, splits, split)
+    config = ReadoutConfig(
+        readout="mean",
+        epochs=int(settings["readout_epochs"]),
+        batch_size=int(settings["batch_size"]),
+        seed=int(settings["seed"]),
+        **dict(settings.get("readout_options") or {}),
+    )
+    ds, _ = compute_tokens(
+        ckpt.model,
+        train,
+        evaluated,
+        resolve(ckpt.model, settings["sites"]),
+        k=int(settings["tokens"]),
+        token_names=getattr(splits, "token_names", None) or None,
+        config=config,
+        split=split,
+        device=device,
+        progress=progress,
+        attrs=attrs,
+    )
+    return ds
 
 
 def token_for_run(
@@ -89,10 +135,7 @@ def token_for_run(
     site_list = resolve(ckpt.model, sites)
     data = data_for_analysis(ckpt.config, augment="none", data_root=data_root)
     splits = limited_splits(run_id, data, split, limit_train, limit_eval, seed)
-    masking = masking_for(data, float(ckpt.config.get("mlm_probability", MLM_PROBABILITY)))
-    mask_seed = int(ckpt.config.get("seed", 0))
-    train = MaskedTokens(splits.train, masking, mask_seed, "train")
-    evaluated = MaskedTokens(getattr(splits, split), masking, mask_seed, split)
+    train, evaluated = masked_splits(ckpt.config, data, splits, split)
     options = dict(readout_options or {})
     config = ReadoutConfig(
         readout="mean", epochs=readout_epochs, batch_size=batch_size, seed=seed, **options
