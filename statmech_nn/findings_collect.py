@@ -252,10 +252,12 @@ def log_findings(
 def _copy_to(folder: Path, target: Path) -> None:
     from statmech_nn.fileio import atomic_write
 
+    def copy(source: Path) -> Callable[[Any], object]:
+        return lambda fh: fh.write(source.read_bytes())
+
     target.mkdir(parents=True, exist_ok=True)
     for path in sorted(folder.iterdir()):
-        data = path.read_bytes()
-        atomic_write(target / path.name, lambda fh, data=data: fh.write(data))
+        atomic_write(target / path.name, copy(path))
 
 
 def step_figures(found: Mapping[str, Any], folder: Path) -> list[str]:

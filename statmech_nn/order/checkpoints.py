@@ -110,10 +110,10 @@ def snp_over_checkpoints(
             "training_run_id": training_run_id,
         }
         if settings.get("readout") == TOKEN_READOUT:
-            ds = token_for_checkpoint(ckpt, splits, settings, device, progress, attrs)
-        else:
-            ds = snp.compute(
-                ckpt.model, splits, device=device, progress=progress, attrs=attrs, **settings
-            )
+            yield epoch, token_for_checkpoint(ckpt, splits, settings, device, progress, attrs)
+            continue
+        ds = snp.compute(
+            ckpt.model, splits, device=device, progress=progress, attrs=attrs, **settings
+        )
         assert isinstance(ds, xr.Dataset)  # no readouts asked for
         yield epoch, ds
