@@ -266,6 +266,7 @@ def superclass_alignment(
             ax.fill_between(layers, mean - 2 * std, mean + 2 * std, color=f"C{i}", alpha=0.15)
             ax.plot(layers, ds[f"{grouping}_purity"].values, "o-", color=f"C{i}", label=kind)
         ax.axhline(chance, color="grey", ls=":", label="chance")
+        _integer_ticks(ax, next(iter(aligned.values()))["layer"].values)
         ax.set(xlabel="block", ylabel="same-superclass pair fraction", title=f"{grouping} pairs")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

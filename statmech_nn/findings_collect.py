@@ -22,10 +22,19 @@ import numpy as np
 import xarray as xr
 
 from statmech_nn.naming import KIND_FINDINGS, KIND_TAG, layer_label
+from statmech_nn.snp.tokens import TOKEN_READOUT
 
 ALIGN_PREFIX = "align"
-HISTORY_METRICS = ("order.Q", "order.Q_null_mean", "order.Q_pvalue")
-"""Order metrics whose history over the checkpoints (step = epoch) the findings keep."""
+HISTORY_METRICS = (
+    "order.Q",
+    "order.Q_null_mean",
+    "order.Q_pvalue",
+    "snr.",
+    "noise.",
+    "cluster_size.",
+)
+"""Order metrics whose history over the checkpoints (step = epoch) the findings keep: Q with its
+null, and SNR, noise and cluster size, whose untrained (epoch 0) values are their control."""
 SCALED = ("error", "snr", "cluster_size")
 """Scaling metrics whose history over K (step = K) the findings keep."""
 
@@ -176,8 +185,12 @@ def collect(
     superclass, config = _superclass_map(train_id)
     found["config"] = config
     aligned: dict[str, xr.Dataset] = {}
+    ds = None
     if superclass is not None and "snp" in found:
         ds = snp.load_from_run(found["snp"]["run_id"], tracking_uri=tracking.current_uri())
+    if ds is not None and ds.attrs.get("readout") == TOKEN_READOUT:
+        found["alignment"] = {"skipped": "token-level labels are tokens, not the data's classes"}
+    elif ds is not None and superclass is not None:
         theta = float(found.get("order", {}).get("params", {}).get("theta", 0.3))
         aligned = alignment_of(ds, superclass, theta, permutations, seed)
         found["alignment"] = {

@@ -84,6 +84,30 @@ def q_history_table(found: Mapping[str, Any]) -> str:
     return table(rows)
 
 
+def untrained_table(found: Mapping[str, Any]) -> str:
+    """SNR, noise and cluster size per block at the untrained checkpoint (epoch 0) and the last."""
+    history = found.get("order", {}).get("history", {})
+    rows = [["site", "quantity", "untrained (epoch 0)", "trained (last)"]]
+    for name in sorted(history, key=_by_block):
+        quantity, _, site = name.partition(".")
+        values = sorted((int(e), v) for e, v in history[name])
+        if quantity in ("snr", "noise", "cluster_size") and len(values) > 1 and values[0][0] == 0:
+            rows.append([site, quantity, fmt(values[0][1]), fmt(values[-1][1])])
+    return table(rows) if len(rows) > 1 else "(no epoch-0 checkpoint analysed)"
+
+
+def _site_key(site: str) -> tuple[str, int]:
+    """Sort key of ``kind.block{i}``: the kind, then the block number."""
+    kind, _, layer = site.rpartition(".")
+    return kind, int("".join(ch for ch in layer if ch.isdigit()) or 0)
+
+
+def _by_block(name: str) -> tuple[str, int, str]:
+    """Sort key of ``quantity.kind.block{i}``: site kind, block number, quantity."""
+    quantity, _, site = name.partition(".")
+    return (*_site_key(site), quantity)
+
+
 def study_table(found: Mapping[str, Any]) -> str:
     """ANDC at one global theta against random pruning with the same per-node counts."""
     curve = found.get("study", {}).get("random_control") or {}
@@ -112,24 +136,33 @@ def scaling_table(found: Mapping[str, Any]) -> str:
     return table(rows) + "\n\n" + metric_list(found, "scaling", ("scaling.",))
 
 
+COOP_QUANTITIES = ("acc", "labels", "union", "gain")
+"""Cooperation metrics per subset size in the table: accuracy, labels recognised by the subset,
+the union of its members' single-node labels, and their difference."""
+
+
 def cooperation_table(found: Mapping[str, Any]) -> str:
-    """Per block: subset accuracy A(n) (mean over draws) by subset size n, then the bound."""
-    per_size: dict[str, dict[int, float]] = {}
+    """Per block: A(n), the subset's labels, its members' union and the gain, by subset size n;
+    then the single-node bound beside the labels a node recognises."""
+    per_size: dict[tuple[str, str], dict[int, float]] = {}
     rest: dict[str, float] = {}
     for name, value in _metrics(found, "cooperation").items():
         match = COOP_SIZE.match(name)
-        if match and match["quantity"] == "acc":
-            per_size.setdefault(f"{match['kind']}.{match['layer']}", {})[int(match["n"])] = value
-        elif not match:
+        if match and match["quantity"] in COOP_QUANTITIES:
+            key = (f"{match['kind']}.{match['layer']}", match["quantity"])
+            per_size.setdefault(key, {})[int(match["n"])] = value
+        elif not match and name != "coop.chance":
             rest[name] = value
     sizes = sorted({n for values in per_size.values() for n in values})
-    rows = [["site", *[f"A({n})" for n in sizes]]]
-    rows += [[site, *[fmt(v.get(n)) for n in sizes]] for site, v in sorted(per_size.items())]
+    order = sorted(per_size, key=lambda k: (_site_key(k[0]), COOP_QUANTITIES.index(k[1])))
+    rows = [["site", "quantity", *[f"n={n}" for n in sizes]]]
+    rows += [[site, q, *[fmt(per_size[(site, q)].get(n)) for n in sizes]] for site, q in order]
     others = by_layer(rest)
     columns = sorted({family for values in others.values() for family in values})
     rows2 = [["block", *columns]]
     rows2 += [[layer, *[fmt(v.get(c)) for c in columns]] for layer, v in others.items()]
-    return table(rows) + "\n\n" + table(rows2)
+    chance = _metrics(found, "cooperation").get("coop.chance")
+    return table(rows) + "\n\n" + table(rows2) + f"\n\nrandom guess {fmt(chance)}"
 
 
 def metric_list(found: Mapping[str, Any], kind: str, prefixes: tuple[str, ...] = ("",)) -> str:
@@ -166,6 +199,8 @@ def tables_markdown(found: Mapping[str, Any]) -> str:
         depth_table(found),
         f"## Q over training (order {_run(found, 'order')})",
         q_history_table(found),
+        f"## Untrained against trained (order {_run(found, 'order')}, step 0 and last)",
+        untrained_table(found),
         f"## ANDC study against random pruning (study {_run(found, 'study')})",
         study_table(found),
         f"## Network ANDC against random pruning (andc-network {_run(found, 'andc-network')})",

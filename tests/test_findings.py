@@ -69,7 +69,7 @@ def test_tables_pivot_the_metrics_by_block():
     history = q_history_table(found).splitlines()
     assert history[2] == "| 0 | 0.05 (0.04) |" and history[3] == "| 4 | 0.3 (0.1) |"
     coop = cooperation_table(found)
-    assert "| ff.block0 | 0.1 | 0.4 |" in coop and "| block0 | 2 |" in coop
+    assert "| ff.block0 | acc | 0.1 | 0.4 |" in coop and "| block0 | 2 |" in coop
 
 
 def test_alignment_metrics_follow_the_layered_naming():
