@@ -56,8 +56,10 @@ def snp_sources(ds: xr.Dataset, params: Mapping[str, str], kind: str, layers: li
     from statmech_nn.order.checkpoints import snp_settings
     from statmech_nn.readout import ReadoutConfig
     from statmech_nn.sites import resolve
+    from statmech_nn.snp.tokens import refuse_token_readout
     from statmech_nn.studies.build import Sources
 
+    refuse_token_readout(ds, "cooperation")
     training_run_id = str(ds.attrs.get("training_run_id") or "")
     if not training_run_id:
         raise SchemaError("the SNP tensor does not name its training run (attr training_run_id)")

@@ -32,6 +32,7 @@ from statmech_nn.snp.engine import SiteMatrices, head_count
 
 __all__ = [
     "TOKEN_READOUT",
+    "refuse_token_readout",
     "TokenSums",
     "token_dataset",
     "token_label_names",
@@ -42,6 +43,16 @@ __all__ = [
 
 TOKEN_READOUT = "token"
 """The ``readout`` attr of a token-level SNP Dataset."""
+
+
+def refuse_token_readout(ds: xr.Dataset, analysis: str) -> None:
+    """An analysis that reads sample readouts (ANDC study, cooperation) asked of a token-level
+    SNP tensor: one :class:`ConfigError` that says so, rather than an unknown-readout error."""
+    if ds.attrs.get("readout") == TOKEN_READOUT:
+        raise ConfigError(
+            f"{analysis} reads per-sample readouts and does not yet support token-level SNP runs "
+            "(--readout token); run it on an SNP run of a classification checkpoint"
+        )
 
 
 def _masked_targets(masked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -105,7 +105,9 @@ def load_sources(
     from statmech_nn.data import data_for_analysis
     from statmech_nn.readout import ReadoutConfig
     from statmech_nn.sites import resolve
+    from statmech_nn.snp.tokens import refuse_token_readout
 
+    refuse_token_readout(ds, "the ANDC study")
     training_run_id = str(ds.attrs.get("training_run_id") or "")
     if not training_run_id:
         raise SchemaError(f"SNP tensor of run {snp_run_id} does not name its training run")
