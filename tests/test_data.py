@@ -268,13 +268,8 @@ def test_missing_torchvision_data_names_directory_and_flag(tmp_path, monkeypatch
     assert not (tmp_path / "cifar-100-python").exists()
 
 
-def write_fake_cifar(
-    root: Path, name: str, n_train: int = 30, n_test: int = 10, coarse: bool = True
-):
-    """A tiny CIFAR copy in torchvision's on-disk format (pickled batches); returns the arrays.
-
-    CIFAR-100 gets coarse labels ``fine // 5`` (as the real files carry) unless ``coarse=False``.
-    """
+def write_fake_cifar(root: Path, name: str, n_train: int = 30, n_test: int = 10):
+    """A tiny CIFAR copy in torchvision's on-disk format (pickled batches); returns the arrays."""
     rng = np.random.default_rng(0)
     num_classes = 10 if name == "cifar10" else 100
     folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
@@ -296,11 +291,9 @@ def write_fake_cifar(
         dump("test_batch", {"data": test, "labels": test_y})
         dump("batches.meta", {"label_names": classes})
     else:
-        extra = {"coarse_labels": [y // 5 for y in train_y]} if coarse else {}
-        dump("train", {"data": train, "fine_labels": train_y, **extra})
+        dump("train", {"data": train, "fine_labels": train_y})
         dump("test", {"data": test, "fine_labels": test_y})
-        names = {"coarse_label_names": [f"super{i}" for i in range(20)]} if coarse else {}
-        dump("meta", {"fine_label_names": classes, **names})
+        dump("meta", {"fine_label_names": classes})
     return train.reshape(-1, 3, 32, 32), train_y, test.reshape(-1, 3, 32, 32), test_y, classes
 
 
@@ -326,22 +319,26 @@ def test_fake_cifar_loads_end_to_end(tmp_path, monkeypatch, name):
         assert torch.equal(torch.round(denormalise(image, splits) * 255), expected)
     assert splits.info()["root"] == str(tmp_path)
     json.dumps(splits.info())
-    if name == "cifar100":  # the superclasses come from the copy's own coarse labels
-        superclass = splits.meta["superclass"]  # the fake's 30 samples cover classes 0-29
-        assert superclass == [c // 5 for c in range(30)] + [-1] * 70
-        assert splits.meta["superclass_names"][19] == "super19"
+    if name == "cifar100":  # the 20 coarse labels travel with the data as its hierarchy
+        assert len(splits.meta["superclass"]) == 100 and len(splits.meta["superclass_names"]) == 20
     else:
         assert "superclass" not in splits.meta
     resized = data.load(name, root=tmp_path, img_size=40, augment="cct")
     assert resized.train[0][0].shape == (3, 40, 40) and resized.test[0][0].shape == (3, 40, 40)
 
 
-def test_cifar100_without_coarse_labels_has_no_hierarchy(tmp_path, monkeypatch):
-    import torchvision.datasets.cifar as tv_cifar
+def test_cifar100_superclasses_are_twenty_of_five():
+    from collections import Counter
 
-    write_fake_cifar(tmp_path, "cifar100", n_train=200, coarse=False)
-    monkeypatch.setattr(tv_cifar, "check_integrity", lambda path, md5=None: Path(path).is_file())
-    assert "superclass" not in data.load("cifar100", root=tmp_path).meta
+    from statmech_nn.data.vision import cifar100_superclasses
+
+    table = cifar100_superclasses()
+    assert sorted(Counter(table["superclass"]).values()) == [5] * 20
+    names = table["superclass_names"]
+    # apple, aquarium_fish, baby, bear, beaver: the first fine classes in alphabetical order
+    assert [names[s] for s in table["superclass"][:5]] == [
+        "fruit_and_vegetables", "fish", "people", "large_carnivores", "aquatic_mammals"
+    ]  # fmt: skip
 
 
 def write_fake_flowers(root: Path) -> dict[str, list[int]]:

@@ -67,7 +67,7 @@ class DatasetSpec:
 def _cifar(name: str) -> Callable[[Path, bool, int, dict[str, Any]], Raw]:
     def build(root: Path, download: bool, img_size: int, options: dict[str, Any]) -> Raw:
         train, test, classes = vision.build_cifar(name, root, download)
-        meta = vision.cifar100_superclasses(root) if name == "cifar100" else {}
+        meta = vision.cifar100_superclasses() if name == "cifar100" else {}
         return Raw(train, test, classes, source_size=32, root=str(root), meta=meta)
 
     return build

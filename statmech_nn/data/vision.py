@@ -63,34 +63,36 @@ def _open(name: str, root: Path, download: bool, make: Any) -> Any:
         ) from exc
 
 
-def cifar100_superclasses(root: Path) -> dict[str, Any]:
-    """``superclass`` of every fine class and ``superclass_names``, read from CIFAR-100's own
-    training file (its ``coarse_labels``); ``{}`` when the copy carries no coarse labels.
+CIFAR100_SUPERCLASS = (
+    (4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11)
+    + (6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5)
+    + (5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17)
+    + (10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13)
+    + (16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13)
+)
+"""CIFAR-100's coarse label of each fine class (fine classes in torchvision's alphabetical
+order: apple, aquarium_fish, baby, bear, beaver, ...), as the dataset's own files record it."""
 
-    torchvision keeps only the fine labels; the 20 superclasses are the hierarchy that node
-    clusters are compared against (docs/methods.md, section 5).
+CIFAR100_SUPERCLASS_NAMES = (
+    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
+    "household_electrical_devices", "household_furniture", "insects", "large_carnivores",
+    "large_man-made_outdoor_things", "large_natural_outdoor_scenes",
+    "large_omnivores_and_herbivores", "medium_mammals", "non-insect_invertebrates", "people",
+    "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2",
+)  # fmt: skip
+
+
+def cifar100_superclasses() -> dict[str, Any]:
+    """``superclass`` of every fine class and ``superclass_names``: CIFAR-100's 20 coarse labels.
+
+    torchvision keeps only the fine labels; the superclasses are the hierarchy that node
+    clusters are compared against (docs/methods.md, section 5). A table, so no dataset file is
+    ever unpickled by this package.
     """
-    import pickle
-
-    where = folder("cifar100", root)
-    with open(where / "train", "rb") as fh:
-        batch = pickle.load(fh, encoding="latin1")  # noqa: S301 - torchvision reads it the same way
-    if "coarse_labels" not in batch:
-        return {}
-    pairs = set(zip(batch["fine_labels"], batch["coarse_labels"], strict=True))
-    coarse: dict[int, int] = {}
-    for fine, sup in sorted(pairs):
-        if coarse.setdefault(int(fine), int(sup)) != int(sup):
-            raise DatasetNotFoundError(
-                f"CIFAR-100 in {where} gives fine class {fine} two superclasses; the copy is "
-                "corrupted: delete it and pass --download to fetch it again"
-            )
-    with open(where / "meta", "rb") as fh:
-        meta = pickle.load(fh, encoding="latin1")  # noqa: S301
-    n_fine = len(meta.get("fine_label_names") or []) or max(coarse) + 1
-    superclass = [coarse.get(c, -1) for c in range(n_fine)]  # -1: no training sample
-    names = meta.get("coarse_label_names")
-    return {"superclass": superclass, "superclass_names": list(names or [])}
+    return {
+        "superclass": list(CIFAR100_SUPERCLASS),
+        "superclass_names": list(CIFAR100_SUPERCLASS_NAMES),
+    }
 
 
 def build_cifar(name: str, root: Path, download: bool) -> tuple[TensorSource, TensorSource, list]:
