@@ -15,6 +15,12 @@ masked; a fresh readout of the SNP run's kind on the subset's nodes only), or ``
 scalar per node: the token mean for ``mean``; for ``seqpool`` the stored readout's own pooled
 input ``z``, whose pooling weights come from all nodes). ``auto`` is ``pooled`` for ``mean``
 (exactly the same readout, cheaper) and ``tokens`` otherwise. A ``flatten`` readout needs tokens.
+
+A token-level SNP run (``readout = "token"``) is always ``pooled``: each kept masked position is
+a sample, its features the site activation there, its label the index of its true token among
+the ``K`` (the positions, masks and labels of the SNP computation itself); subset readouts are
+bias-free ``Linear(n, K)`` trained with the SNP run's readout settings, the random guess is
+``1 / K``, and the bound is the scalar one of a bias-free readout (at most two labels a node).
 """
 
 from __future__ import annotations
@@ -36,11 +42,15 @@ from statmech_nn.cooperation_sources import (
     analysed_layers,
     check_sizes,
     feature_form,
+    is_token_run,
     readout_weight,
     site_features,
     site_heads,
     snp_sources,
     stored_single_labels,
+    token_ids,
+    token_readouts,
+    token_site_features,
 )
 from statmech_nn.errors import ConfigError, SchemaError
 from statmech_nn.naming import KIND_COOPERATION, check_theta
@@ -156,21 +166,45 @@ def plan(
     sizes = [check_sizes(options.sizes, nodes, h) for h in heads.values()]
     if any(s != sizes[0] for s in sizes):
         raise ConfigError(f"the {options.kind} layers' heads differ in size: pass --sizes")
-    readouts, source = readouts_for(found.snp_run_id, src, uri, device, progress)
+    if is_token_run(ds):
+        readouts, source = _token_readouts(found.snp_run_id, ds, src, uri, device, progress)
+    else:
+        readouts, source = readouts_for(found.snp_run_id, src, uri, device, progress)
     parent = found.training_run_id or found.snp_run_id
     return _Plan(
         options, ds, found.snp_run_id, parent, layers, src, readouts, source, form, sizes[0], heads
     )
 
 
+def _token_readouts(
+    snp_run_id: str, ds: xr.Dataset, src: Sources, uri: str, device: str | None, progress: bool
+) -> tuple[dict[str, Readout], str]:
+    """A token SNP run's stored readouts (``"stored"``), else ones retrained alike."""
+    from statmech_nn import snp
+    from statmech_nn.readout import resolve_device
+
+    stored = snp.load_readouts(snp_run_id, src.sites, uri, device)
+    if stored is not None:
+        return stored, "stored"
+    return token_readouts(src, token_ids(ds), resolve_device(device), progress), "retrained"
+
+
 def layer_result(p: _Plan, site: Site, device: torch.device) -> xr.Dataset:
     """The subset curve and the single-node bound of one site."""
     readout = p.readouts[site.name]
     model, config = p.sources.checkpoint.model, p.sources.config
-    train, test = (
-        site_features(model, site, readout, data, p.form, config.batch_size, device)
-        for data in (p.sources.train, p.sources.evaluated)
-    )
+    datasets = (p.sources.train, p.sources.evaluated)
+    if is_token_run(p.ds):
+        tokens = token_ids(p.ds)
+        train, test = (
+            token_site_features(model, site, data, tokens, config.batch_size, device)
+            for data in datasets
+        )
+    else:
+        train, test = (
+            site_features(model, site, readout, data, p.form, config.batch_size, device)
+            for data in datasets
+        )
     single = stored_single_labels(p.ds, p.options.kind, site.layer, p.options.theta)
     if single.shape[0] != train.num_nodes:
         raise SchemaError(

@@ -4,6 +4,12 @@ Used by :mod:`statmech_nn.cooperation_run`: the analysed layers of a site kind, 
 the data subsets exactly as the SNP run saw them (``Splits.limited`` with its recorded seed and
 limits), the subset readouts' cached inputs of a site (``tokens`` or ``pooled``, see
 :func:`feature_form`), every node's stored ``D_n`` and the readout weights of the bound.
+
+A token-level SNP run (``readout = "token"``, methods section 10) is read as its SNP computation
+read it: the samples are the kept masked positions of the training run's own masks
+(:func:`statmech_nn.snp.token_runs.masked_splits`), each with its site activation (``pooled``:
+one scalar per node) and the index of its true token among the ``K`` as label
+(:func:`statmech_nn.snp.token_compute.position_features`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import xarray as xr
 
 from statmech_nn import cooperation
 from statmech_nn.errors import ConfigError, SchemaError
+from statmech_nn.snp.tokens import TOKEN_READOUT
 
 if TYPE_CHECKING:
     from statmech_nn.readout import Readout
@@ -56,10 +63,9 @@ def snp_sources(ds: xr.Dataset, params: Mapping[str, str], kind: str, layers: li
     from statmech_nn.order.checkpoints import snp_settings
     from statmech_nn.readout import ReadoutConfig
     from statmech_nn.sites import resolve
-    from statmech_nn.snp.tokens import refuse_token_readout
+    from statmech_nn.snp.token_runs import masked_splits
     from statmech_nn.studies.build import Sources
 
-    refuse_token_readout(ds, "cooperation")
     training_run_id = str(ds.attrs.get("training_run_id") or "")
     if not training_run_id:
         raise SchemaError("the SNP tensor does not name its training run (attr training_run_id)")
@@ -70,14 +76,34 @@ def snp_sources(ds: xr.Dataset, params: Mapping[str, str], kind: str, layers: li
     split = settings["split"]
     limits = {"train": settings["limit_train"], split: settings["limit_eval"]}
     splits = full.limited(settings["seed"], **limits)
+    config = cooperation_readout_config(ds)
+    train, evaluated = splits.train, getattr(splits, split)
+    num_labels = int(full.num_classes)
+    if is_token_run(ds):
+        train, evaluated = masked_splits(ckpt.config, full, splits, split)
+        config = {**config, "readout": "mean"}  # one position per sample, W [K, N], no bias
+        num_labels = len(token_ids(ds))
     return Sources(
         checkpoint=ckpt,
         sites=[by_key[(kind, layer)] for layer in layers],
-        config=ReadoutConfig(**cooperation_readout_config(ds)),
-        train=splits.train,
-        evaluated=getattr(splits, split),
-        num_labels=int(full.num_classes),
+        config=ReadoutConfig(**config),
+        train=train,
+        evaluated=evaluated,
+        num_labels=num_labels,
     )
+
+
+def is_token_run(ds: xr.Dataset) -> bool:
+    """Whether ``ds`` is a token-level SNP tensor (labels = the ``K`` tokens, methods 10)."""
+    return ds.attrs.get("readout") == TOKEN_READOUT
+
+
+def token_ids(ds: xr.Dataset) -> torch.Tensor:
+    """The ``K`` token ids of a token-level SNP tensor, in label order."""
+    ids = np.atleast_1d(np.asarray(ds.attrs.get("token_ids", []), dtype=np.int64))
+    if not len(ids):
+        raise SchemaError("the token-level SNP tensor does not list its tokens (attr token_ids)")
+    return torch.as_tensor(ids)
 
 
 def cooperation_readout_config(ds: xr.Dataset) -> dict[str, Any]:
@@ -90,6 +116,13 @@ def cooperation_readout_config(ds: xr.Dataset) -> dict[str, Any]:
 
 def feature_form(readout: str, features: str) -> str:
     """``tokens`` or ``pooled``: what the subset readouts of a ``readout`` site see."""
+    if readout == TOKEN_READOUT:
+        if features == "tokens":
+            raise ConfigError(
+                "a token readout reads one masked position per sample: use --features pooled "
+                "(or auto)"
+            )
+        return "pooled"
     if features == "auto":
         return "pooled" if readout == "mean" else "tokens"
     if features == "pooled" and readout == "flatten":
@@ -171,6 +204,35 @@ def site_features(
     return cooperation.SiteFeatures(
         torch.cat(xs), torch.cat(labels), torch.cat(masks) if masks else None
     )
+
+
+def token_site_features(
+    model: torch.nn.Module,
+    site: Site,
+    data: Any,
+    tokens: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+) -> cooperation.SiteFeatures:
+    """``[P, N]`` activations at the kept masked positions of MLM ``data``, labels their token."""
+    from statmech_nn.snp.token_compute import position_features
+
+    model.to(device).eval()
+    features, labels = position_features(model, [site], data, tokens, batch_size, device)
+    return cooperation.SiteFeatures(features[site.name], labels)
+
+
+def token_readouts(
+    src: Sources, tokens: torch.Tensor, device: torch.device, progress: bool = False
+) -> dict[str, Readout]:
+    """The token readouts of an SNP run that stored none, retrained as it trained them."""
+    from statmech_nn.snp.token_compute import position_features, train_token_readouts
+
+    model = src.checkpoint.model.to(device).eval()
+    features, labels = position_features(
+        model, src.sites, src.train, tokens, src.config.batch_size, device, progress
+    )
+    return train_token_readouts(features, labels, src.sites, len(tokens), src.config)
 
 
 def stored_single_labels(ds: xr.Dataset, kind: str, layer: int, theta: float) -> np.ndarray:

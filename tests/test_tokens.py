@@ -135,17 +135,14 @@ def test_bad_inputs():
         token_snp(SITES, acts, masked, targets, weights, k=K, token_names=["a"])
 
 
-def test_sample_readout_analyses_refuse_token_snp_tensors_first():
-    """Cooperation and the ANDC study read per-sample readouts: a token tensor is refused with
-    one ConfigError before any run or checkpoint is touched."""
+def test_the_andc_study_refuses_token_snp_tensors_first():
+    """The ANDC study reads per-sample readouts: a token tensor is refused with one ConfigError
+    before any run or checkpoint is touched (cooperation reads them: test_cooperation_tokens)."""
     import xarray as xr
 
-    from statmech_nn.cooperation_sources import snp_sources
     from statmech_nn.errors import ConfigError
     from statmech_nn.studies.build import load_sources
 
     ds = xr.Dataset(attrs={"readout": "token", "training_run_id": "no-such-run"})
-    with pytest.raises(ConfigError, match="cooperation .*token-level SNP runs"):
-        snp_sources(ds, {}, "ff", [0])
     with pytest.raises(ConfigError, match="ANDC study .*token-level SNP runs"):
         load_sources(ds, "no-such-run", "ff", [0], "sqlite:///nowhere.db")

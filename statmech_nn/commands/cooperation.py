@@ -58,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=FEATURES,
         help=(
             "what subset readouts see: tokens (activations, a fresh readout of the SNP run's "
-            "kind) or pooled (one scalar per node); auto: pooled for mean, else tokens"
+            "kind) or pooled (one scalar per node); auto: pooled for mean and token runs, else "
+            "tokens"
         ),
     )
     add_device(parser)

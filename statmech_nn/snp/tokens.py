@@ -46,8 +46,8 @@ TOKEN_READOUT = "token"
 
 
 def refuse_token_readout(ds: xr.Dataset, analysis: str) -> None:
-    """An analysis that reads sample readouts (ANDC study, cooperation) asked of a token-level
-    SNP tensor: one :class:`ConfigError` that says so, rather than an unknown-readout error."""
+    """An analysis that reads sample readouts (the ANDC study) asked of a token-level SNP tensor:
+    one :class:`ConfigError` that says so, rather than an unknown-readout error."""
     if ds.attrs.get("readout") == TOKEN_READOUT:
         raise ConfigError(
             f"{analysis} reads per-sample readouts and does not yet support token-level SNP runs "
