@@ -187,17 +187,13 @@ def snp_argv(s: dict[str, Any], run_id: str) -> list[str]:
         argv += ["--limit-train", str(s["limit_train"])]
     if s["limit_eval"]:
         argv += ["--limit-eval", str(s["limit_eval"])]
-    if s["device"] != "auto":
-        argv += ["--device", s["device"]]
-    return argv + ["--no-progress", *common_flags(s)]
+    return argv + device_flags(s) + ["--no-progress", *common_flags(s)]
 
 
 def order_argv(s: dict[str, Any], snp_run_id: str) -> list[str]:
     argv = ["order", snp_run_id, "--over-checkpoints"]
     argv += ["--null-permutations", str(s["null_permutations"])]
-    if s["device"] != "auto":
-        argv += ["--device", s["device"]]
-    return argv + common_flags(s)
+    return argv + device_flags(s) + common_flags(s)
 
 
 def study_argv(s: dict[str, Any], snp_run_id: str) -> list[str]:
@@ -216,13 +212,7 @@ def run(settings: dict[str, Any], quiet: bool = False) -> DemoResult:
     s = settings
 
     def step(name: str, argv: list[str], work: Callable[[], str]) -> str:
-        command = "statmech-nn " + shlex.join(argv)
-        result.commands.append(command)
-        print(f"\n=== {name}: {command}", flush=True)
-        start = time.perf_counter()
-        value = work()
-        result.seconds[name] = time.perf_counter() - start
-        return value
+        return run_step(result, name, argv, work)
 
     result.train_run_id = step("train", train_argv(s), lambda: train_step(s, out))
     train_id = result.train_run_id
@@ -237,14 +227,34 @@ def run(settings: dict[str, Any], quiet: bool = False) -> DemoResult:
     return result
 
 
+def run_step(record: Any, name: str, argv: list[str], work: Callable[[], str]) -> str:
+    """Print the command that reproduces step ``name``, run ``work`` and return its value.
+
+    The command goes to ``record.commands`` and the step's wall time to ``record.seconds``.
+    """
+    command = "statmech-nn " + shlex.join(argv)
+    record.commands.append(command)
+    print(f"\n=== {name}: {command}", flush=True)
+    start = time.perf_counter()
+    value = work()
+    record.seconds[name] = time.perf_counter() - start
+    return value
+
+
 def print_lines(*lines: str) -> None:
     """Print each line at once (progress stays visible when stdout is a pipe)."""
     for line in lines:
         print(line, flush=True)
 
 
-def _device(s: dict[str, Any]) -> str | None:
+def device_of(s: dict[str, Any]) -> str | None:
+    """The torch device of the settings (``None``: the library's automatic choice)."""
     return None if s["device"] == "auto" else s["device"]
+
+
+def device_flags(s: dict[str, Any]) -> list[str]:
+    """``--device D`` unless the settings leave the device automatic."""
+    return [] if s["device"] == "auto" else ["--device", s["device"]]
 
 
 def train_step(s: dict[str, Any], out: Callable[..., None]) -> str:
@@ -285,7 +295,7 @@ def snp_step(s: dict[str, Any], train_id: str, out: Callable[..., None]) -> str:
         train_id,
         sites=s.get("sites", SNP_SITES),
         readout_epochs=s["readout_epochs"],
-        device=_device(s),
+        device=device_of(s),
         progress=False,
         tracking_uri=s["tracking_uri"],
         limit_train=s["limit_train"] or None,
@@ -302,7 +312,7 @@ def order_step(s: dict[str, Any], snp_id: str, out: Callable[..., None]) -> str:
     from statmech_nn.order.pipeline import summary
 
     options = order.OrderOptions(
-        null_permutations=s["null_permutations"], over_checkpoints=True, device=_device(s)
+        null_permutations=s["null_permutations"], over_checkpoints=True, device=device_of(s)
     )
     result = order.for_run(
         snp_id,
@@ -327,16 +337,14 @@ def study_step(s: dict[str, Any], snp_id: str, out: Callable[..., None]) -> str:
 
 def cooperation_argv(s: dict[str, Any], snp_run_id: str) -> list[str]:
     argv = ["cooperation", snp_run_id, "--kind", "ff"]
-    if s["device"] != "auto":
-        argv += ["--device", s["device"]]
-    return argv + common_flags(s)
+    return argv + device_flags(s) + common_flags(s)
 
 
 def cooperation_work(s: dict[str, Any], snp_id: str, out: Callable[..., None]) -> str:
     """``statmech-nn cooperation``: :func:`statmech_nn.cooperation_run.for_run` on the FF sites."""
     from statmech_nn.cooperation_run import for_run
 
-    done = for_run(snp_id, kind="ff", device=_device(s), tracking_uri=s["tracking_uri"])
+    done = for_run(snp_id, kind="ff", device=device_of(s), tracking_uri=s["tracking_uri"])
     run_id = str(getattr(done, "run_id", "") or "")
     out(run_id)
     return run_id
@@ -414,20 +422,7 @@ def summary_table(result: DemoResult) -> str:
 
 
 def _pareto_points(study_run_id: str) -> list[dict[str, Any]]:
-    import json
-    import tempfile
-    from pathlib import Path
+    from statmech_nn.report.tree import json_artifact
 
-    import mlflow
-
-    if not study_run_id:
-        return []
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=study_run_id, artifact_path="study/pareto_front.json", dst_path=tmp
-            )
-        except Exception:  # noqa: BLE001 - the table is still useful without the front
-            return []
-        data = json.loads(Path(path).read_text())
-    return data if isinstance(data, list) else []
+    data = json_artifact(study_run_id, "study/pareto_front.json") if study_run_id else None
+    return data if isinstance(data, list) else []  # the table is still useful without the front

@@ -12,8 +12,6 @@ every number lands in MLflow. Two presets: ``cpu`` (about an hour on two CPU cor
 
 from __future__ import annotations
 
-import shlex
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,7 +131,7 @@ def plan(
 def prune_argv(s: dict[str, Any], train_id: str, snp_id: str) -> list[str]:
     argv = ["prune", train_id, "--snp-run", snp_id, "--epochs", str(s["prune_epochs"])]
     argv += ["--random-draws", str(s["random_draws"])]
-    return argv + _device_flag(s) + demo.common_flags(s)
+    return argv + demo.device_flags(s) + demo.common_flags(s)
 
 
 def scaling_argv(s: dict[str, Any], train_id: str) -> list[str]:
@@ -142,14 +140,6 @@ def scaling_argv(s: dict[str, Any], train_id: str) -> list[str]:
     if s["limit_train"]:
         argv += ["--limit-train", str(s["limit_train"])]
     return argv + demo.common_flags(s)
-
-
-def _device_flag(s: dict[str, Any]) -> list[str]:
-    return [] if s["device"] == "auto" else ["--device", s["device"]]
-
-
-def _device(s: dict[str, Any]) -> str | None:
-    return None if s["device"] == "auto" else s["device"]
 
 
 def prune_step(s: dict[str, Any], train_id: str, snp_id: str, out: Callable[..., None]) -> str:
@@ -161,7 +151,7 @@ def prune_step(s: dict[str, Any], train_id: str, snp_id: str, out: Callable[...,
         snp_run_id=snp_id,
         epochs=s["prune_epochs"],
         random_draws=s["random_draws"],
-        device=_device(s),
+        device=demo.device_of(s),
         seed=s["seed"],
         tracking_uri=s["tracking_uri"],
     )
@@ -182,7 +172,7 @@ def scaling_step(s: dict[str, Any], train_id: str, out: Callable[..., None]) -> 
         snp_options={
             "readout_epochs": s["readout_epochs"],
             "readout_options": {"lr": 0.01},
-            "device": _device(s),
+            "device": demo.device_of(s),
         },
         tracking_uri=s["tracking_uri"],
     )
@@ -203,14 +193,8 @@ def run(settings: dict[str, Any], quiet: bool = False) -> FindingsResult:
     s = settings
 
     def step(name: str, argv: list[str], work: Callable[[], str]) -> str:
-        command = "statmech-nn " + shlex.join(argv)
-        result.commands.append(command)
-        print(f"\n=== {name}: {command}", flush=True)
-        start = time.perf_counter()
-        value = work()
-        result.seconds[name] = time.perf_counter() - start
-        result.runs[name] = value
-        return value
+        result.runs[name] = demo.run_step(result, name, argv, work)
+        return result.runs[name]
 
     train_id = step("train", demo.train_argv(s), lambda: demo.train_step(s, out))
     snp_id = step("snp", demo.snp_argv(s, train_id), lambda: demo.snp_step(s, train_id, out))

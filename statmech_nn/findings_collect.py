@@ -80,30 +80,6 @@ def newest_children(train_id: str) -> dict[str, Any]:
     return out
 
 
-def metric_history(run_id: str, names: list[str]) -> dict[str, list[tuple[int, float]]]:
-    """``{name: [(step, value), ...]}`` for the metrics ``names`` of ``run_id``."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    return {
-        name: sorted((int(m.step), float(m.value)) for m in client.get_metric_history(run_id, name))
-        for name in names
-    }
-
-
-def _json_artifact(run_id: str, path: str) -> Any:
-    import mlflow
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=path, dst_path=tmp
-            )
-        except Exception:  # noqa: BLE001 - an artifact a step did not write is reported absent
-            return None
-        return json.loads(Path(local).read_text())
-
-
 def alignment_of(
     snp_ds: xr.Dataset, superclass: list[int], theta: float, permutations: int, seed: int
 ) -> dict[str, xr.Dataset]:
@@ -149,7 +125,7 @@ def collect(
 ) -> tuple[dict[str, Any], dict[str, xr.Dataset]]:
     """Every step's numbers, read from MLflow, and the superclass alignment (if a hierarchy)."""
     from statmech_nn import snp, tracking
-    from statmech_nn.report import run_tree
+    from statmech_nn.report.tree import json_artifact, metric_histories, run_tree
 
     root = run_tree(train_id).run
     children = newest_children(train_id)
@@ -159,7 +135,7 @@ def collect(
             "metrics": dict(root.data.metrics),
             "params": root.data.params,
         },
-        "test_acc_history": metric_history(train_id, ["test_acc", "val_acc"]),
+        "test_acc_history": metric_histories(train_id, ["test_acc", "val_acc"]),
     }
     for kind, run in children.items():
         if kind == KIND_FINDINGS:
@@ -171,15 +147,15 @@ def collect(
         }
     if "order" in found:
         names = [m for m in found["order"]["metrics"] if m.startswith(HISTORY_METRICS)]
-        found["order"]["history"] = metric_history(found["order"]["run_id"], names)
+        found["order"]["history"] = metric_histories(found["order"]["run_id"], names)
     if "scaling" in found:
         names = [f"scaling.{name}" for name in SCALED]
-        found["scaling"]["history"] = metric_history(found["scaling"]["run_id"], names)
+        found["scaling"]["history"] = metric_histories(found["scaling"]["run_id"], names)
     if "study" in found:
-        found["study"]["random_control"] = _json_artifact(
+        found["study"]["random_control"] = json_artifact(
             found["study"]["run_id"], "study/random_control.json"
         )
-        found["study"]["pareto_front"] = _json_artifact(
+        found["study"]["pareto_front"] = json_artifact(
             found["study"]["run_id"], "study/pareto_front.json"
         )
     superclass, config = _superclass_map(train_id)

@@ -23,6 +23,23 @@ SYNTHETIC = {
 }
 
 
+# A masked-LM pre-training config of the tiny BERT on textsynth: seconds per epoch on a CPU.
+TINY_MLM = dict(
+    model="hf:bert-tiny-text",
+    dataset="textsynth",
+    dataset_options={"max_length": 16, "n_train_per_class": 8, "n_test_per_class": 4},
+    objective="mlm",
+    batch_size=16,
+    lr=3e-3,
+    warmup_epochs=0.5,
+    weight_decay=0.01,
+    grad_clip=1.0,
+    device="cpu",
+    amp=False,
+    experiment="mlm",
+)
+
+
 def tiny_cct(peaked: bool = False, **kw) -> CCT:
     """A seeded random 2-block CCT on 16x16 images (4 labels, d = 8, 2 heads), in eval mode.
 

@@ -15,6 +15,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from _tiny import TINY_MLM
 from torch.nn import functional as F
 
 from statmech_nn import cli, cooperation_run, snp, tracking
@@ -26,20 +27,10 @@ from statmech_nn.errors import ConfigError
 from statmech_nn.sites import resolve
 from statmech_nn.train import TrainConfig, train
 
-TINY = dict(
-    model="hf:bert-tiny-text",
-    dataset="textsynth",
-    dataset_options={"max_length": 16, "n_train_per_class": 24, "n_test_per_class": 6},
-    objective="mlm",
-    batch_size=16,
-    lr=3e-3,
-    warmup_epochs=0.5,
-    weight_decay=0.01,
-    grad_clip=1.0,
-    device="cpu",
-    amp=False,
-    experiment="mlm",
-)
+TINY = {  # more training text than the shared config, so the readouts have something to learn
+    **TINY_MLM,
+    "dataset_options": {"max_length": 16, "n_train_per_class": 24, "n_test_per_class": 6},
+}
 K = 8
 LAYER = 1
 NODES = 32

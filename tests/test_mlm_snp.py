@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from _tiny import TINY_MLM
 
 from statmech_nn import cli, snp, tracking
 from statmech_nn.data import data_for_analysis
@@ -21,20 +22,6 @@ from statmech_nn.data.mlm import IGNORE_INDEX, MaskedTokens, masking_for
 from statmech_nn.sites import resolve
 from statmech_nn.train import TrainConfig, train
 
-TINY = dict(
-    model="hf:bert-tiny-text",
-    dataset="textsynth",
-    dataset_options={"max_length": 16, "n_train_per_class": 8, "n_test_per_class": 4},
-    objective="mlm",
-    batch_size=16,
-    lr=3e-3,
-    warmup_epochs=0.5,
-    weight_decay=0.01,
-    grad_clip=1.0,
-    device="cpu",
-    amp=False,
-    experiment="mlm",
-)
 K = 8
 
 
@@ -48,7 +35,7 @@ def history(run_id: str, name: str) -> dict[int, float]:
 
 @pytest.mark.slow
 def test_a_resumed_mlm_run_ends_with_the_uninterrupted_weights(workdir):
-    config = TrainConfig(epochs=3, seed=3, **TINY)
+    config = TrainConfig(epochs=3, seed=3, **TINY_MLM)
     reference = train(config)
 
     def stop_after_first(epoch, metrics):
@@ -69,7 +56,7 @@ def test_a_resumed_mlm_run_ends_with_the_uninterrupted_weights(workdir):
     # not vacuous: the weights moved during the resumed epochs, and the seed matters
     epoch_one = tracking.read_run_checkpoint(run_id, 1)[0]["model"]
     assert any(not torch.equal(epoch_one[k], ours[k]) for k in ours)
-    other = final_model(train(TrainConfig(epochs=1, seed=4, **TINY)))
+    other = final_model(train(TrainConfig(epochs=1, seed=4, **TINY_MLM)))
     first = tracking.read_run_checkpoint(reference, 1)[0]["model"]
     assert any(not torch.equal(other[k], first[k]) for k in other)
     params = tracking.get_run(reference).data.params
@@ -132,7 +119,7 @@ def normalised(raw):
 
 @pytest.mark.slow
 def test_mlm_run_then_token_snp_then_order(workdir, capsys, child_runs):
-    run_id = train(TrainConfig(epochs=2, seed=0, **TINY))
+    run_id = train(TrainConfig(epochs=2, seed=0, **TINY_MLM))
     argv = ["snp", run_id, "--readout", "token", "--tokens", str(K), "--readout-epochs", "5"]
     argv += ["--readout-lr", "0.05", "--device", "cpu", "--no-progress"]
     assert cli.main(argv) == 0, capsys.readouterr().err
@@ -192,7 +179,7 @@ def test_token_snp_over_checkpoints_recomputes_the_stored_tensor(workdir, capsys
     tensor reproduce it at its own checkpoint, and Q is logged at every checkpoint."""
     from statmech_nn.order.checkpoints import snp_over_checkpoints, snp_settings
 
-    run_id = train(TrainConfig(epochs=2, seed=0, checkpoint_every=1, **TINY))
+    run_id = train(TrainConfig(epochs=2, seed=0, checkpoint_every=1, **TINY_MLM))
     argv = ["snp", run_id, "--readout", "token", "--tokens", str(K), "--readout-epochs", "3"]
     assert cli.main([*argv, "--device", "cpu", "--no-progress"]) == 0, capsys.readouterr().err
     (snp_run,) = child_runs(run_id, "snp")

@@ -11,7 +11,7 @@ from statmech_nn.fileio import atomic_write_text
 from statmech_nn.report.glossary import glossary_html
 from statmech_nn.report.sections import Section, analysis_sections, figure_html
 from statmech_nn.report.tables import fmt, kv_table
-from statmech_nn.report.tree import RunNode, run_tree, tracking_client
+from statmech_nn.report.tree import RunNode, metric_histories, run_tree, tracking_client
 
 CURVES = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss")
 
@@ -33,13 +33,7 @@ dl.glossary dt{font-weight:600;margin-top:.5em} dl.glossary dd{margin-left:1.5em
 
 
 def _histories(run_id: str) -> dict[str, list[tuple[int, float]]]:
-    client = tracking_client()
-    series = {}
-    for key in CURVES:
-        history = client.get_metric_history(run_id, key)
-        if history:
-            series[key] = sorted((m.step, m.value) for m in history)
-    return series
+    return metric_histories(run_id, list(CURVES))
 
 
 def training_section(tree: RunNode) -> Section:

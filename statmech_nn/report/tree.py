@@ -123,3 +123,30 @@ def png_artifacts(run_id: str) -> list[tuple[str, bytes]]:
             )
             out.append((path, Path(local).read_bytes()))
     return out
+
+
+def json_artifact(run_id: str, path: str) -> Any:
+    """The JSON artifact ``path`` of a run, parsed; ``None`` when the run has no such artifact."""
+    import json
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=path, dst_path=tmp
+            )
+        except Exception:  # noqa: BLE001 - an artifact a step did not write reads as absent
+            return None
+        return json.loads(Path(local).read_text())
+
+
+def metric_histories(run_id: str, names: list[str]) -> dict[str, list[tuple[int, float]]]:
+    """``{name: [(step, value), ...]}`` in step order for those of ``names`` the run logged."""
+    client = tracking_client()
+    series = {}
+    for name in names:
+        history = client.get_metric_history(run_id, name)
+        if history:
+            series[name] = sorted((int(m.step), float(m.value)) for m in history)
+    return series
