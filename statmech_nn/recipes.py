@@ -2,7 +2,7 @@
 
 A recipe fills every training field; command-line flags override single values. The ``cct-*``
 recipes follow the reference CCT training (Hassani et al. 2021, timm configs; see
-``shared/reference/cct.md`` section 2): AdamW, linear warm-up from ``warmup_lr``, cosine to
+docs/methods.md section 2): AdamW, linear warm-up from ``warmup_lr``, cosine to
 ``min_lr`` stepped once per epoch, label smoothing 0.1, the ``cct`` augmentation preset
 (RandAugment m9, mixup 0.8 / cutmix 1.0, random erasing 0.25) and AMP on CUDA. They differ from
 the reference in two documented ways: the warm-up/cosine shape is ours (:func:`train.lr_at`),

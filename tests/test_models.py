@@ -13,7 +13,7 @@ from torch import nn
 from statmech_nn import models
 from statmech_nn.errors import CheckpointError, UnknownNameError
 
-# name -> (num_classes, reference parameter count), cct.md section 1 / docs/methods.md section 2.
+# name -> (num_classes, reference parameter count), docs/methods.md section 2.
 REFERENCE_PARAMS = {
     "cct_2_3x2_32": (10, 0.284e6),
     "cct_4_3x2_32": (10, 0.482e6),

@@ -252,3 +252,19 @@ def test_the_version_has_one_source(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--version"])
     assert capsys.readouterr().out.strip() == f"statmech-nn {statmech_nn.__version__}"
+
+
+def test_the_methods_are_cited_from_the_checkout():
+    """A user's clone has docs/methods.md, not the specification it was written from."""
+    outside = ("METHODS.md", "shared/", "cct.md")
+    files = [*PACKAGE.rglob("*.py"), *(ROOT / "docs").rglob("*.md"), ROOT / "README.md"]
+    files += [*(ROOT / "tests").rglob("*.py"), *(ROOT / "studies").rglob("*.py")]
+    cited = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in files
+        if path.name != "test_structure.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if any(name in line for name in outside)
+    ]
+    assert cited == []
+    assert (ROOT / "docs" / "methods.md").is_file()

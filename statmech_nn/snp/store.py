@@ -1,7 +1,7 @@
 """Stored form of the SNP tensors: netCDF files and trained-readout files.
 
 The file edge of :mod:`statmech_nn.snp`: :func:`save` / :func:`load` / :func:`validate` the netCDF
-of the SNP Dataset (METHODS.md section 9, docs/architecture.md) and :func:`save_readouts` /
+of the SNP Dataset (docs/methods.md section 9, docs/architecture.md) and :func:`save_readouts` /
 :func:`read_readouts` the trained readouts. Writes are atomic (:mod:`statmech_nn.fileio`). The
 MLflow runs that log these files are in :mod:`statmech_nn.snp.runs`.
 """
