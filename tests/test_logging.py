@@ -128,3 +128,22 @@ def test_durations_for_log_lines():
     assert [format_duration(s) for s in (0, 42.4, 185, 7620, float("nan"))] == [
         "0s", "42s", "3m05s", "2h07m", "?",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_mlflow_download_bars_only_with_verbose(verbose, workdir, monkeypatch, capfd):
+    """``load_snp`` and the report download artifacts; MLflow's bars are chatter unless ``-v``."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    with mlflow.start_run() as run:
+        for name in ("a.txt", "b.txt"):
+            (workdir / name).write_text(name)
+            mlflow.log_artifact(str(workdir / name), "files")
+    logs.configure(verbose=verbose)
+    capfd.readouterr()
+    mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="files", dst_path=str(workdir / "out")
+    )
+    assert sorted(p.name for p in (workdir / "out" / "files").iterdir()) == ["a.txt", "b.txt"]
+    assert ("Downloading artifacts" in capfd.readouterr().err) == bool(verbose)
