@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import html
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from statmech_nn.naming import LAYERED_METRIC
+from statmech_nn.cooperation_store import BOUND_METRIC, CHANCE_METRIC, CURVE_METRIC
+from statmech_nn.naming import LAYERED_METRIC, layer_order
 
 TITLE = "Node cooperation and the single-node bound"
 TEXT = (
@@ -24,15 +24,6 @@ TEXT = (
     "cooperation. Per node, the bound counts the labels it can ever output on its own (the "
     "extreme points of its label weights; docs/methods.md section 11), beside |D_n|."
 )
-_CURVE = re.compile(
-    r"^coop\.(?P<stat>acc|acc_std|labels|union|gain|new)\.(?P<kind>.+)\.n(?P<n>\d+)$"
-)
-_BOUND = re.compile(r"^bound\.(?P<stat>labels|max|diag)\.(?P<kind>.+)$")
-
-
-def _layer_key(label: str) -> tuple[str, int]:
-    match = re.match(r"^(\D+)(\d+)$", label)
-    return (match.group(1), int(match.group(2))) if match else (label, -1)
 
 
 def curve_rows(metrics: dict[str, float]) -> dict[tuple[str, int], dict[str, float]]:
@@ -40,7 +31,7 @@ def curve_rows(metrics: dict[str, float]) -> dict[tuple[str, int], dict[str, flo
     rows: dict[tuple[str, int], dict[str, float]] = {}
     for name, value in metrics.items():
         layered = LAYERED_METRIC.match(name)
-        found = _CURVE.match(layered.group("family")) if layered else None
+        found = CURVE_METRIC.match(layered.group("family")) if layered else None
         if layered and found:
             key = (layered.group("label"), int(found.group("n")))
             rows.setdefault(key, {})[found.group("stat")] = float(value)
@@ -52,7 +43,7 @@ def bound_rows(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     for name, value in metrics.items():
         layered = LAYERED_METRIC.match(name)
-        found = _BOUND.match(layered.group("family")) if layered else None
+        found = BOUND_METRIC.match(layered.group("family")) if layered else None
         if layered and found:
             rows.setdefault(layered.group("label"), {})[found.group("stat")] = float(value)
     return rows
@@ -75,7 +66,7 @@ def _curve_table(metrics: dict[str, float]) -> str:
     if not rows:
         return ""
     body = []
-    for layer, n in sorted(rows, key=lambda k: (_layer_key(k[0]), k[1])):
+    for layer, n in sorted(rows, key=lambda k: (layer_order(k[0]), k[1])):
         r = rows[(layer, n)]
         acc = f"{_fmt(r.get('acc'))} ± {_fmt(r.get('acc_std'), 2)}"
         stats = [r.get(s) for s in ("labels", "union", "gain", "new")]
@@ -90,7 +81,7 @@ def _bound_table(metrics: dict[str, float]) -> str:
         return ""
     body = [
         [layer, _fmt(r.get("labels")), _fmt(r.get("max")), _fmt(r.get("diag"))]
-        for layer, r in sorted(rows.items(), key=lambda kv: _layer_key(kv[0]))
+        for layer, r in sorted(rows.items(), key=lambda kv: layer_order(kv[0]))
     ]
     head = ["layer", "labels a node can output (mean)", "(max)", "|D_n| (mean)"]
     return _table(head, body)
@@ -132,7 +123,7 @@ def cooperation_section(run: Any, depth: int = 3) -> str:
         for k in ("kind", "sizes", "draws", "within_head", "theta")
         if k in params
     )
-    chance = metrics.get("coop.chance")
+    chance = metrics.get(CHANCE_METRIC)
     parts = [
         f'<section id="cooperation-{html.escape(run_id)}">',
         f"<h{depth}>{html.escape(TITLE)}</h{depth}>",

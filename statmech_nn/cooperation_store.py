@@ -20,6 +20,7 @@ attrs: ``kind``, ``chance`` (``1 / L``), ``theta``, ``domain`` and the subset op
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from os import PathLike
 
@@ -75,12 +76,22 @@ def stack_layers(
     return ds
 
 
+CURVE_METRIC = re.compile(
+    r"^coop\.(?P<stat>acc|acc_std|labels|union|gain|new)\.(?P<kind>.+)\.n(?P<n>\d+)$"
+)
+"""The family of a subset-curve metric ``coop.{stat}.{kind}.n{size}.{layer}`` (the layer split
+off by :data:`~statmech_nn.naming.LAYERED_METRIC`)."""
+BOUND_METRIC = re.compile(r"^bound\.(?P<stat>labels|max|diag)\.(?P<kind>.+)$")
+"""The family of a single-node bound metric ``bound.{stat}.{kind}.{layer}``."""
+CHANCE_METRIC = "coop.chance"
+
+
 def metrics(ds: xr.Dataset) -> dict[str, float]:
     """MLflow metrics of a stacked result (names in the module docstring)."""
     kind = ds.attrs["kind"]
     out: dict[str, float] = {}
     if "chance" in ds.attrs:
-        out["coop.chance"] = float(ds.attrs["chance"])
+        out[CHANCE_METRIC] = float(ds.attrs["chance"])
     for layer in ds["layer"].values.tolist():
         at = ds.sel(layer=layer)
         label = layer_label(kind, int(layer))

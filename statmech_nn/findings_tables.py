@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from statmech_nn.cooperation_store import CHANCE_METRIC, CURVE_METRIC
+from statmech_nn.naming import LAYERED_METRIC, layer_order
 from statmech_nn.report.tables import by_layer, fmt
 
 DEPTH_COLUMNS = (
@@ -22,11 +23,6 @@ DEPTH_COLUMNS = (
     ("p(Q)", "order.Q_pvalue"),
 )
 """The per-block columns of the depth table: (heading, metric family)."""
-
-COOP_SIZE = re.compile(
-    r"^coop\.(?P<quantity>\w+)\.(?P<kind>\w+)\.n(?P<n>\d+)\.(?P<layer>(?:block|conv|layer)\d+)$"
-)
-"""``coop.{quantity}.{kind}.n{size}.{layer}``: a cooperation metric of one subset size."""
 
 ALIGN_COLUMNS = (
     ("cluster purity", "align.cluster_purity"),
@@ -96,13 +92,13 @@ def untrained_table(found: Mapping[str, Any]) -> str:
     return table(rows) if len(rows) > 1 else "(no epoch-0 checkpoint analysed)"
 
 
-def _site_key(site: str) -> tuple[str, int]:
-    """Sort key of ``kind.block{i}``: the kind, then the block number."""
+def _site_key(site: str) -> tuple[str, tuple[str, int]]:
+    """Sort key of ``kind.block{i}``: the kind, then the layer in depth order."""
     kind, _, layer = site.rpartition(".")
-    return kind, int("".join(ch for ch in layer if ch.isdigit()) or 0)
+    return kind, layer_order(layer)
 
 
-def _by_block(name: str) -> tuple[str, int, str]:
+def _by_block(name: str) -> tuple[str, tuple[str, int], str]:
     """Sort key of ``quantity.kind.block{i}``: site kind, block number, quantity."""
     quantity, _, site = name.partition(".")
     return (*_site_key(site), quantity)
@@ -147,11 +143,12 @@ def cooperation_table(found: Mapping[str, Any]) -> str:
     per_size: dict[tuple[str, str], dict[int, float]] = {}
     rest: dict[str, float] = {}
     for name, value in _metrics(found, "cooperation").items():
-        match = COOP_SIZE.match(name)
-        if match and match["quantity"] in COOP_QUANTITIES:
-            key = (f"{match['kind']}.{match['layer']}", match["quantity"])
+        layered = LAYERED_METRIC.match(name)
+        match = CURVE_METRIC.match(layered["family"]) if layered else None
+        if layered and match and match["stat"] in COOP_QUANTITIES:
+            key = (f"{match['kind']}.{layered['label']}", match["stat"])
             per_size.setdefault(key, {})[int(match["n"])] = value
-        elif not match and name != "coop.chance":
+        elif not match and name != CHANCE_METRIC:
             rest[name] = value
     sizes = sorted({n for values in per_size.values() for n in values})
     order = sorted(per_size, key=lambda k: (_site_key(k[0]), COOP_QUANTITIES.index(k[1])))
@@ -161,7 +158,7 @@ def cooperation_table(found: Mapping[str, Any]) -> str:
     columns = sorted({family for values in others.values() for family in values})
     rows2 = [["block", *columns]]
     rows2 += [[layer, *[fmt(v.get(c)) for c in columns]] for layer, v in others.items()]
-    chance = _metrics(found, "cooperation").get("coop.chance")
+    chance = _metrics(found, "cooperation").get(CHANCE_METRIC)
     return table(rows) + "\n\n" + table(rows2) + f"\n\nrandom guess {fmt(chance)}"
 
 

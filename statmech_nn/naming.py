@@ -45,6 +45,12 @@ def layer_label(kind: str, layer: int) -> str:
     return f"conv{layer}" if kind == "conv" else f"block{layer}"
 
 
+def layer_order(label: str) -> tuple[str, int]:
+    """Sort key of a layer label in depth order: ``block2`` before ``block10``; others last."""
+    match = LAYER_LABEL.match(label)
+    return (match["prefix"], int(match["index"])) if match else (label, -1)
+
+
 def layer_label_of_site_name(name: str) -> str | None:
     """``block3`` from ``block3.mha`` (a site name of ours), ``None`` for other names."""
     match = LAYER_LABEL.match(name)

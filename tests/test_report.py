@@ -72,3 +72,18 @@ def test_captions_say_what_is_shown_with_the_run_settings():
     text = report.caption(kind, "figures/gallery_mha.png", {"theta": "0.4"})
     assert "mha nodes" in text and "theta = 0.4" in text and ".png" not in text
     assert report.caption(None, "figures/some_plot.png", {}) == "Some plot."
+
+
+def test_layers_are_in_depth_order_everywhere_they_are_sorted():
+    """``block10`` after ``block2`` (not as strings), in the report's tables and cooperation's."""
+    import re
+
+    from statmech_nn import cooperation_report
+    from statmech_nn.report.tables import by_layer
+
+    metrics = {f"snr.ff.block{i}": float(i) for i in (10, 2, 0, 1)} | {"snr.ff.conv3": 3.0}
+    assert list(by_layer(metrics)) == ["block0", "block1", "block2", "block10", "conv3"]
+    curve = {f"coop.{s}.ff.n{n}.block{i}": 0.5 for i in (10, 2) for n in (4, 1) for s in ("acc",)}
+    html = cooperation_report._curve_table(curve)
+    rows = re.findall(r"<tr><td>(block\d+)</td><td>(\d+)</td>", html)
+    assert rows == [("block2", "1"), ("block2", "4"), ("block10", "1"), ("block10", "4")], html

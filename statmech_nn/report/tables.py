@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import html
-import re
 from typing import Any
 
-from statmech_nn.naming import LAYERED_METRIC
+from statmech_nn.naming import LAYERED_METRIC, layer_order
 from statmech_nn.report.glossary import header
 
 QUANTITY_ORDER = (
@@ -46,7 +45,7 @@ def by_layer(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
         match = LAYERED_METRIC.match(name)
         if match:
             cells.setdefault(match["label"], {})[match["family"]] = value
-    order = sorted(cells, key=lambda s: (re.sub(r"\d+", "", s), int(re.sub(r"\D", "", s))))
+    order = sorted(cells, key=layer_order)
     return {layer: cells[layer] for layer in order}
 
 
