@@ -20,16 +20,10 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from statmech_nn.figures import save_figure  # noqa: E402
+
 FIGURES = ("accuracy_curve", "label_counts", "node_bound")
 """The figure file stems :func:`all_figures` writes (``{stem}_{kind}.png``)."""
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return target
 
 
 def _colours(n: int) -> list:
@@ -64,7 +58,7 @@ def accuracy_curve(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         ylim=(0.0, 1.02),
     )
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def label_counts(ds: xr.Dataset, path: str | os.PathLike) -> Path:
@@ -86,7 +80,7 @@ def label_counts(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         ylim=(0, ds.sizes["label"] + 0.5),
     )
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def node_bound(ds: xr.Dataset, path: str | os.PathLike, seed: int = 0) -> Path:
@@ -129,7 +123,7 @@ def node_bound(ds: xr.Dataset, path: str | os.PathLike, seed: int = 0) -> Path:
     ax_depth.set_xticks(layers)
     ax_depth.set_ylim(0, top + 0.5)
     ax_depth.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def all_figures(ds: xr.Dataset, folder: str | os.PathLike) -> list[Path]:

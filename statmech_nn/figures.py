@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -16,7 +17,8 @@ import xarray as xr  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Write ``fig`` to ``path`` (folders made) at the toolkit's one resolution, and close it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(target, dpi=110, bbox_inches="tight")
@@ -54,7 +56,7 @@ def depth_profile(
     if theta is not None:
         fig.suptitle(f"Accuracy and SNR along depth (theta = {theta:g})", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _theta_of(stats: Mapping[str, xr.Dataset]) -> float | None:
@@ -111,7 +113,7 @@ def node_gallery(
     kind = _kind_of_name(binary.name)
     theta = binary.attrs.get("theta", "?")
     fig.suptitle(f"Binarised {kind} node matrices, black: M / max(M) > theta = {theta}", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _kind_of_name(name) -> str:
@@ -155,7 +157,7 @@ def expertise_heatmaps(sym: xr.Dataset, path: str | os.PathLike) -> Path:
     kind, theta = sym.attrs.get("kind", "mha"), sym.attrs.get("theta", "?")
     fig.suptitle(f"Expertise of the {kind} heads per label (theta = {theta})", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _q_with_band(ax, x, q, mean, std) -> None:
@@ -203,7 +205,7 @@ def q_over_training(q: xr.Dataset, path: str | os.PathLike) -> Path:
     kind = q.attrs.get("kind", "mha")
     fig.suptitle(f"Head symmetry breaking of the {kind} heads over training: Q beside its null")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 SCALING_LABELS = {"error": "error rate", "snr": "SNR", "cluster_size": "cluster size"}
@@ -231,7 +233,7 @@ def scaling_curves(result: xr.Dataset, path: str | os.PathLike) -> Path:
         )
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_curves(series: Mapping[str, list[tuple[int, float]]], path: str | os.PathLike) -> Path:
@@ -251,7 +253,7 @@ def training_curves(series: Mapping[str, list[tuple[int, float]]], path: str | o
         if ax.get_legend_handles_labels()[0]:
             ax.legend(title="split", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def superclass_alignment(
@@ -272,4 +274,4 @@ def superclass_alignment(
         ax.legend(fontsize=7)
     fig.suptitle("Labels grouped by single nodes against the superclasses (band: null ± 2σ)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -12,7 +12,6 @@ with the steps' own figures beside it (``{kind}__{artifact path}.png``).
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ import xarray as xr
 
 from statmech_nn.naming import KIND_FINDINGS, KIND_TAG, layer_label
 from statmech_nn.snp.tokens import TOKEN_READOUT
+from statmech_nn.train.records import git_commit
 
 ALIGN_PREFIX = "align"
 HISTORY_METRICS = (
@@ -45,25 +45,6 @@ def findings_argv(s: Mapping[str, Any], train_id: str) -> list[str]:
     if s.get("out_dir"):
         argv += ["--out", str(s["out_dir"])]
     return argv + (["--tracking-uri", s["tracking_uri"]] if s.get("tracking_uri") else [])
-
-
-def git_commit() -> str:
-    """``HEAD`` of the checkout the package runs from, ``+dirty`` if it has changes; '' if none."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    return head + ("+dirty" if dirty else "")
 
 
 def newest_children(train_id: str) -> dict[str, Any]:
@@ -221,7 +202,9 @@ def log_findings(
         mlflow.set_tag(KIND_TAG, KIND_FINDINGS)
         mlflow.log_params({"alignment_permutations": permutations, "seed": seed})
         mlflow.log_metrics(found["alignment"].get("metrics", {}))
-        found.update(dict(extra or {}), findings_run_id=run_id, commit=git_commit())
+        found.update(
+            dict(extra or {}), findings_run_id=run_id, commit=git_commit(mark_dirty=True) or ""
+        )
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "findings"
             folder.mkdir()

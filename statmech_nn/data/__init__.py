@@ -6,14 +6,13 @@ and the text sets textsynth, bbcnews, agnews, fewrel, hf (``TextSplits``, see ``
 ``digits`` (scikit-learn digits) and ``synthetic`` (the procedural hierarchy dataset).
 """
 
-from statmech_nn.data.catalog import DATA_ENV, DataOptionError, data_root, load, names, spec
+from statmech_nn.data.catalog import DATA_ENV, data_root, load, names, spec
 from statmech_nn.data.for_config import data_for_analysis, data_for_config
 from statmech_nn.data.splits import Splits, subset
 from statmech_nn.data.text import TextSplits
 
 __all__ = [
     "DATA_ENV",
-    "DataOptionError",
     "Splits",
     "TextSplits",
     "data_for_analysis",

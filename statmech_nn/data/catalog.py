@@ -19,13 +19,9 @@ from typing import Any
 from statmech_nn.data import digits, synthetic, text_catalog, vision
 from statmech_nn.data.splits import Splits, View, split_sizes, stratified_split
 from statmech_nn.data.transforms import AUGMENTS, CCT_LABEL_SMOOTHING, MixupCutmix, build_transforms
-from statmech_nn.errors import StatmechError, UnknownNameError
+from statmech_nn.errors import ConfigError, UnknownNameError
 
 DATA_ENV = "STATMECH_DATA"
-
-
-class DataOptionError(StatmechError, ValueError):
-    """A dataset option or argument with a value that cannot be used."""
 
 
 @dataclass
@@ -216,16 +212,16 @@ def resolve_options(entry: DatasetSpec, options: dict[str, Any]) -> dict[str, An
         try:
             resolved[key] = kind(value) if not isinstance(value, bool) else value
         except (TypeError, ValueError) as exc:
-            raise DataOptionError(
+            raise ConfigError(
                 f"option {key}={value!r} of dataset {entry.name} must be {kind.__name__}"
             ) from exc
     if entry.name == "synthetic":
         for key in ("num_super", "num_sub", "n_train_per_class", "n_test_per_class"):
             if resolved[key] < 1:
-                raise DataOptionError(f"option {key} of dataset synthetic must be >= 1")
+                raise ConfigError(f"option {key} of dataset synthetic must be >= 1")
         for key in ("data_seed", "noise", "hue_step"):
             if resolved[key] < 0:
-                raise DataOptionError(f"option {key} of dataset synthetic must be >= 0")
+                raise ConfigError(f"option {key} of dataset synthetic must be >= 0")
     return resolved
 
 
@@ -249,7 +245,7 @@ def load(
     """
     if name in text_catalog.SPECS:
         if img_size is not None:
-            raise DataOptionError(f"dataset {name} is text: it takes no img_size")
+            raise ConfigError(f"dataset {name} is text: it takes no img_size")
         return text_catalog.load_text(
             name, data_root(root), download, val_fraction, seed, augment, **options
         )
@@ -258,10 +254,10 @@ def load(
     if augment not in AUGMENTS:
         raise UnknownNameError(_unknown("augment preset", augment, list(AUGMENTS)))
     if not 0.0 <= float(val_fraction) < 1.0:
-        raise DataOptionError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
     size = entry.img_size if img_size is None else int(img_size)
     if size < 8:
-        raise DataOptionError(f"img_size must be at least 8 pixels, got {img_size}")
+        raise ConfigError(f"img_size must be at least 8 pixels, got {img_size}")
     opts = resolve_options(entry, options)
     where = data_root(root)
     raw = entry.build(where, download, size, opts)

@@ -71,10 +71,9 @@ def pareto_plot(
     title: str = "",
 ) -> Path:
     """Accuracy vs pruned fraction: all trials, the front, ANDC and random-control curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from statmech_nn.figures import save_figure  # chooses the Agg backend
 
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
     if rows:
@@ -102,10 +101,7 @@ def pareto_plot(
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def summarize(

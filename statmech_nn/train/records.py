@@ -22,20 +22,26 @@ from statmech_nn.train.steps import is_training_state
 log = logging.getLogger("statmech_nn.train")
 
 
-def git_commit() -> str | None:
-    """The commit of the checked-out source, if it is a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+def git_commit(mark_dirty: bool = False) -> str | None:
+    """``HEAD`` of the checkout the package runs from (``+dirty`` after it if ``mark_dirty`` and
+    tracked files changed); ``None`` without git or outside a checkout."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args],
             cwd=Path(__file__).resolve().parent,
             capture_output=True,
             text=True,
             timeout=5,
             check=True,
-        )
+        ).stdout.strip()
+
+    try:
+        head = git("rev-parse", "HEAD")
+        dirty = mark_dirty and bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):  # no git, or not a checkout: no tag
         return None
-    return out.stdout.strip() or None
+    return (head + ("+dirty" if dirty else "")) or None
 
 
 def run_tags(config: TrainConfig, resumed_from_epoch: int | None) -> dict[str, str]:
