@@ -17,6 +17,26 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+class _Without:
+    """An import hook that makes the top-level modules in ``$STATMECH_TEST_WITHOUT`` (comma
+    separated, e.g. ``transformers,timm``) unimportable: the suite run as a user without an
+    optional extra would run it, to check that only the tests needing the extra skip."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = {n.strip() for n in names if n.strip()}
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden by the tests)", name=name)
+
+
+if os.environ.get("STATMECH_TEST_WITHOUT"):
+    import sys
+
+    sys.meta_path.insert(0, _Without(os.environ["STATMECH_TEST_WITHOUT"].split(",")))
+
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")

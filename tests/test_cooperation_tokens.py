@@ -92,6 +92,7 @@ def literal_readout(x, y, config, seed):
 
 
 @pytest.mark.slow
+@pytest.mark.requires("transformers")
 def test_cooperation_of_a_token_snp_run(workdir, capsys, child_runs):
     run_id = train(TrainConfig(epochs=2, seed=0, **TINY))
     argv = ["snp", run_id, "--readout", "token", "--tokens", str(K), "--readout-epochs", "5"]

@@ -11,9 +11,6 @@ from statmech_nn.cli import main
 from statmech_nn.errors import ConfigError
 from statmech_nn.report import run_tree
 
-pytest.importorskip("transformers")
-
-
 def test_demo_tasks_and_their_datasets():
     assert demo.preset_for("image") == "digits"
     assert demo.preset_for("text") == "textsynth"
@@ -32,6 +29,7 @@ def test_a_wrong_dataset_for_the_task_is_one_line(workdir, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.requires("transformers")
 @pytest.mark.timeout(900)
 def test_text_demo_runs_every_step(workdir, capsys):
     argv = ["demo", "--task", "text", "--epochs", "2", "--trials", "3", "--readout-epochs", "2"]

@@ -150,6 +150,7 @@ def test_the_token_loss_and_accuracy_score_masked_positions_only():
     assert torch.equal(scored(logits[:, 0], labels)[1], labels)
 
 
+@pytest.mark.requires("transformers")
 def test_evaluation_of_a_masked_lm_is_per_masked_token(textsynth):
     torch.manual_seed(0)
     model = models.create("hf:bert-tiny-text", num_classes=4, head="mlm").eval()
@@ -168,6 +169,7 @@ def test_evaluation_of_a_masked_lm_is_per_masked_token(textsynth):
     assert acc == pytest.approx(np.mean(hits))
 
 
+@pytest.mark.requires("transformers")
 def test_the_masked_lm_head_rebuilds_from_its_record():
     torch.manual_seed(0)
     model = models.create("hf:bert-tiny-text", num_classes=4, head="mlm")

@@ -22,6 +22,8 @@ from statmech_nn.data.mlm import IGNORE_INDEX, MaskedTokens, masking_for
 from statmech_nn.sites import resolve
 from statmech_nn.train import TrainConfig, train
 
+pytestmark = pytest.mark.requires("transformers")  # every test builds hf:bert-tiny-text
+
 K = 8
 
 
