@@ -49,6 +49,7 @@ def logged(epochs, keep: int | None = 2) -> tuple[str, dict[int, dict]]:
     return run.info.run_id, states
 
 
+@pytest.mark.slow  # trains or runs a command end to end
 def test_only_the_newest_full_states_stay_and_every_epoch_reads(workdir):
     run_id, states = logged(range(5))
     names = sorted(p.name for p in folder_of(run_id).iterdir() if p.name.startswith("epoch"))
@@ -74,6 +75,7 @@ def test_only_the_newest_full_states_stay_and_every_epoch_reads(workdir):
         assert torch.equal(loaded.model(x), reference(x))
 
 
+@pytest.mark.slow  # trains or runs a command end to end
 def test_weights_only_files_are_plain_safetensors_with_json_configs(workdir):
     run_id, states = logged(range(3))
     raw = (folder_of(run_id) / "epoch_0000.safetensors").read_bytes()

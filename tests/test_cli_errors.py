@@ -257,6 +257,7 @@ def test_the_case_table_covers_the_issue_list():
         assert any(piece in name for name in CASES), piece
 
 
+@pytest.mark.slow  # trains or runs a command end to end
 def test_a_full_disk_while_writing_a_checkpoint_is_one_line_naming_the_file(
     workdir, capsys, monkeypatch
 ):

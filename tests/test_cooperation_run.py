@@ -16,6 +16,8 @@ LABELS = 6
 SIZES = [1, 2, 128]
 NODES = 128  # embedding_dim of cct_2_3x2_32
 
+pytestmark = pytest.mark.slow  # MLflow runs end to end
+
 
 def _fake_training_run() -> str:
     """A training run holding one checkpoint of a seeded untrained 6-label tiny CCT."""

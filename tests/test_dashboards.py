@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import mlflow
+import pytest
 
 from statmech_nn import recipes, tracking
 from statmech_nn.train import records, train
@@ -12,6 +13,7 @@ from statmech_nn.train import records, train
 KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
+@pytest.mark.slow  # trains or runs a command end to end
 def test_training_runs_log_system_metrics_and_the_commit_tag(workdir, monkeypatch):
     monkeypatch.delenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", raising=False)  # on by default
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")  # the user's wins

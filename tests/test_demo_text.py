@@ -11,6 +11,7 @@ from statmech_nn.cli import main
 from statmech_nn.errors import ConfigError
 from statmech_nn.report import run_tree
 
+
 def test_demo_tasks_and_their_datasets():
     assert demo.preset_for("image") == "digits"
     assert demo.preset_for("text") == "textsynth"

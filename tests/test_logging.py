@@ -45,6 +45,7 @@ def _run_with_stderr_in_a_file(argv, path, monkeypatch, capsys):
     return capsys.readouterr().out.strip().splitlines()[-1], path.read_text()
 
 
+@pytest.mark.slow  # trains or runs a command end to end
 def test_a_log_file_shows_every_epoch_and_the_summary(workdir, monkeypatch, capsys):
     run_id, text = _run_with_stderr_in_a_file(
         [*TRAIN, "--log-file", "logs/train.log"], workdir / "stderr.txt", monkeypatch, capsys
@@ -67,6 +68,7 @@ def test_a_log_file_shows_every_epoch_and_the_summary(workdir, monkeypatch, caps
     assert (workdir / "logs" / "train.log").read_text().count("epoch ") >= 2
 
 
+@pytest.mark.slow  # trains or runs a command end to end
 def test_quiet_prints_no_progress_lines(workdir, monkeypatch, capsys):
     run_id, text = _run_with_stderr_in_a_file(
         ["--quiet", *TRAIN], workdir / "stderr.txt", monkeypatch, capsys

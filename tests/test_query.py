@@ -71,6 +71,7 @@ def test_q_above_half_in_last_block(store):
     assert chosen == {store["deep"]}  # deep ends at 0.7; shallow at 0.3; flat at 0.45
 
 
+@pytest.mark.slow  # trains or runs a command end to end
 def test_experiment_and_filter(store):
     main = query.order_parameters(experiment="main")
     assert set(main["run"].values) == {store["deep"], store["shallow"]}
@@ -176,6 +177,7 @@ def test_params_are_typed_and_missing_is_nan(study_store):
     assert model.sel(run=train).item() == "cct" and np.isnan(model.sel(run=order).item())
 
 
+@pytest.mark.slow  # trains or runs a command end to end
 def test_a_scalar_and_its_per_layer_values_have_distinct_names(study_store, workdir):
     ds = query.order_parameters(trials=True)
     assert "andc_accuracy_scalar" not in ds and ds["andc_accuracy"].dims == ("run",)

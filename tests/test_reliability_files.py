@@ -121,6 +121,7 @@ def _mode(path: Path) -> int:
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002], ids=["022", "002"])
+@pytest.mark.slow  # trains or runs a command end to end
 def test_written_files_respect_the_umask(workdir, monkeypatch, umask):
     monkeypatch.setenv("STATMECH_CACHE", str(workdir / "cache"))
     wanted = 0o666 & ~umask

@@ -17,6 +17,8 @@ from statmech_nn.report import tree as tree_module  # noqa: E402
 
 T0 = 1_700_000_000_000
 
+pytestmark = pytest.mark.slow  # MLflow runs end to end
+
 
 class _Page(HTMLParser):
     def __init__(self) -> None:

@@ -88,6 +88,7 @@ def test_every_variable_and_matrix_axis_has_a_long_name(computed, tmp_path):
         back.close()
 
 
+@pytest.mark.slow  # trains or runs a command end to end
 def test_round_trip_is_identical_and_lazy(computed, tmp_path):
     path = snp.save(computed, tmp_path / "snp.nc")
     with snp.load(path) as back:

@@ -67,6 +67,7 @@ def test_an_unnamed_study_gets_its_names_on_resume(workdir):
     assert study.metric_names == ["andc.pruned_fraction"]
 
 
+@pytest.mark.slow  # trains or runs a command end to end
 def test_trial_runs_carry_the_objective_names(problem_dir, workdir):
     from mlflow.tracking import MlflowClient
 

@@ -99,6 +99,7 @@ def test_checkpoint_round_trip_rebuilds_the_same_function(workdir):
         tracking.load_checkpoint(run_id, epoch=2)
 
 
+@pytest.mark.slow  # trains or runs a command end to end
 def test_run_status_follows_the_outcome(workdir):
     tracking.init_store()
     with tracking.run("e") as ok:
@@ -131,6 +132,7 @@ def test_child_runs_nest_under_their_parent_even_inside_another_run(workdir):
     assert got.info.status == "FINISHED"
 
 
+@pytest.mark.slow  # trains or runs a command end to end
 def test_unknown_run_and_run_without_checkpoints(workdir):
     tracking.init_store()
     with pytest.raises(TrackingError, match="no MLflow run 'f+' in sqlite:"):
@@ -208,6 +210,7 @@ def test_listing_ignores_partial_temporary_files(workdir):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.slow  # trains or runs a command end to end
 def test_unreachable_tracking_server_fails_instead_of_hanging(workdir, monkeypatch, closed_port):
     with pytest.raises(TrackingError, match="cannot reach the MLflow tracking server"):
         tracking.init_store(f"http://127.0.0.1:{closed_port()}")

@@ -172,6 +172,7 @@ CLI_TINY = ["--img-size", "16", "--batch-size", "32", "--limit-train", "64", "--
             "--device", "cpu"]  # fmt: skip
 
 
+@pytest.mark.slow  # trains or runs a command end to end
 def test_cli_trains_and_prints_the_run_id_last(workdir, capsys):
     argv = ["train", "--model", "cct_2_3x2_32", "--dataset", "digits", "--epochs", "1"]
     assert cli.main(argv + CLI_TINY + ["--experiment", "cli", "--seed", "4"]) == 0

@@ -174,6 +174,7 @@ def _one_error_line(argv: list[str], capsys) -> str:
     return err[0]
 
 
+@pytest.mark.slow  # trains or runs a command end to end
 def test_resuming_a_run_whose_process_lives_on_this_host_is_refused(workdir, capsys):
     run_id = _trained_run()
     me = processes.identity()
@@ -186,6 +187,7 @@ def test_resuming_a_run_whose_process_lives_on_this_host_is_refused(workdir, cap
     assert tracking.list_checkpoints(run_id) == [0, 1]
 
 
+@pytest.mark.slow  # trains or runs a command end to end
 def test_resuming_a_run_running_on_another_host_needs_force_resume(workdir, capsys):
     run_id = _trained_run()
     _pretend_running(run_id, {"host": "elsewhere.invalid", "pid": 1, "start": 1})
