@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 from torch import nn
 
+from statmech_nn import models
 from statmech_nn.models.cct import CCT
 from statmech_nn.sites import Site
 
@@ -84,3 +89,19 @@ class SmallCNN(nn.Module):
             Site("conv0", "conv", 0, "act1", layout="channels_first"),
             Site("conv1", "conv", 1, "act2", layout="channels_first", heads=2),
         ]
+
+
+def small_cct(seed: int = 0) -> nn.Module:
+    """A 4-class CCT-2 on 16x16 images with 32 channels, seeded."""
+    torch.manual_seed(seed)
+    return models.create("cct_2_3x2_32", num_classes=4, img_size=16, embedding_dim=32)
+
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(drop: Callable[[str], bool] = lambda name: False) -> dict[str, str]:
+    """The environment of a ``python -m statmech_nn`` child: this checkout first on the path, one
+    thread, no bars, without the variables ``drop`` names."""
+    env = {k: v for k, v in os.environ.items() if not drop(k)}
+    return {**env, "PYTHONPATH": str(CHECKOUT), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}

@@ -8,20 +8,16 @@ import struct
 import mlflow
 import pytest
 import torch
+from _tiny import small_cct
 
-from statmech_nn import models, recipes, tracking
+from statmech_nn import recipes, tracking
 from statmech_nn.errors import CheckpointError
 from statmech_nn.train import CHECKPOINT_FORMAT, train
 
 
-def tiny_model(seed: int = 0):
-    torch.manual_seed(seed)
-    return models.create("cct_2_3x2_32", num_classes=4, img_size=16, embedding_dim=32)
-
-
 def resume_state(epoch: int, keep: int | None = 2) -> dict:
     """A full training state of a distinct model per epoch (weights, Adam-like moments)."""
-    model = tiny_model(epoch)
+    model = small_cct(epoch)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     config = {"model": "cct_2_3x2_32", "lr": 0.1, **({"keep_resume": keep} if keep else {})}
     return {
@@ -71,7 +67,7 @@ def test_only_the_newest_full_states_stay_and_every_epoch_reads(workdir):
         loaded = tracking.load_checkpoint(run_id, epoch)  # order --over-checkpoints, snp --epoch
         assert loaded.epoch == epoch and loaded.path == str(path)
         x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-        reference = tiny_model(epoch).eval()
+        reference = small_cct(epoch).eval()
         assert torch.equal(loaded.model(x), reference(x))
 
 
@@ -108,8 +104,8 @@ def test_old_pt_history_and_non_training_states_are_left_as_they_are(workdir):
             )
         plain = {
             "epoch": 9,
-            "model": tiny_model().state_dict(),
-            "model_config": tiny_model().config,
+            "model": small_cct().state_dict(),
+            "model_config": small_cct().config,
         }
         tracking.log_checkpoint(run.info.run_id, plain, 9)  # not resumable: prunes nothing
     run_id = run.info.run_id

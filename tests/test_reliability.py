@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from _tiny import subprocess_env
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import statmech_nn
@@ -140,8 +141,7 @@ def _default_store_afterwards():
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    return {**env, "PYTHONPATH": str(PACKAGE.parent), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess_env(drop=lambda name: name.startswith("MLFLOW_"))
 
 
 # -- 1. an SNP computation killed mid-way ---------------------------------------------------------

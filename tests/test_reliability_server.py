@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny import subprocess_env
 
 from statmech_nn import cli, tracking
 
@@ -36,8 +37,7 @@ def _free_port() -> int:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in HTTP_ENV and k != "MLFLOW_TRACKING_URI"}
-    return {**env, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess_env(drop=lambda name: name in HTTP_ENV or name == "MLFLOW_TRACKING_URI")
 
 
 class Server:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny import subprocess_env
 
 from statmech_nn import cli, processes, recipes, tracking
 from statmech_nn.errors import ConfigError, TrainingDiverged
@@ -29,7 +29,7 @@ ARGS = ["train", "--model", "cct_2_3x2_32", "--dataset", "digits", "--img-size",
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess_env()
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from _tiny import small_cct
 from torch.utils.data import DataLoader, TensorDataset
 
-from statmech_nn import models
 from statmech_nn.errors import StatmechError
 from statmech_nn.train import accuracy, fine_tune, model_state, param_groups, soft_target_loss
 
@@ -84,11 +84,6 @@ def old_evaluate_accuracy(model, data, device="cpu", batch_size=256):
     return correct / max(seen, 1)
 
 
-def tiny_model(seed: int = 0):
-    torch.manual_seed(seed)
-    return models.create("cct_2_3x2_32", num_classes=4, img_size=16, embedding_dim=32)
-
-
 def tiny_data(n: int = 36) -> TensorDataset:
     g = torch.Generator().manual_seed(7)
     return TensorDataset(torch.randn(n, 3, 16, 16, generator=g), torch.arange(n) % 4)
@@ -113,18 +108,18 @@ def _assert_same_weights(a, b):
 
 
 def test_fine_tune_matches_the_old_retraining_loop_exactly():
-    ours, theirs = tiny_model(), tiny_model()
+    ours, theirs = small_cct(), small_cct()
     loss = fine_tune(ours, tiny_data(), SETTINGS)
     reference = old_retrain(theirs, tiny_data(), SETTINGS)
     assert loss == reference and math.isfinite(loss)
     _assert_same_weights(ours, theirs)
     assert not ours.training
     assert not torch.equal(ours.state_dict()["classifier.fc.weight"],
-                           tiny_model().state_dict()["classifier.fc.weight"])  # fmt: skip
+                           small_cct().state_dict()["classifier.fc.weight"])  # fmt: skip
 
 
 def test_fine_tune_with_soft_targets_matches_the_old_loop():
-    ours, theirs = tiny_model(), tiny_model()
+    ours, theirs = small_cct(), small_cct()
     loss = fine_tune(ours, tiny_data(), SETTINGS, batch_transform=mixup)
     reference = old_retrain(theirs, tiny_data(), SETTINGS, batch_transform=mixup)
     # F.cross_entropy on probabilities sums in another order than the hand-written loss.
@@ -134,7 +129,7 @@ def test_fine_tune_with_soft_targets_matches_the_old_loop():
 
 
 def test_fine_tune_without_epochs_returns_nan_and_leaves_the_weights():
-    model, before = tiny_model(), tiny_model()
+    model, before = small_cct(), small_cct()
     settings = SimpleNamespace(**{**vars(SETTINGS), "epochs": 0})
     assert math.isnan(fine_tune(model, tiny_data(), settings))
     _assert_same_weights(model, before)
@@ -143,11 +138,11 @@ def test_fine_tune_without_epochs_returns_nan_and_leaves_the_weights():
 def test_fine_tune_stops_on_a_non_finite_loss():
     settings = SimpleNamespace(**{**vars(SETTINGS), "lr": 1e30, "epochs": 3})
     with pytest.raises(StatmechError, match="retraining loss became non-finite"):
-        fine_tune(tiny_model(), tiny_data(), settings)
+        fine_tune(small_cct(), tiny_data(), settings)
 
 
 def test_accuracy_matches_the_old_evaluator_and_a_hand_count():
-    model, data = tiny_model(), tiny_data(40)
+    model, data = small_cct(), tiny_data(40)
     model.train()
     got = accuracy(model, data, batch_size=16)
     assert got == old_evaluate_accuracy(model, data, batch_size=16)
@@ -172,7 +167,7 @@ def test_soft_target_loss_is_the_cross_entropy_against_probabilities():
 
 
 def test_parameter_groups_exempt_one_dimensional_and_positional_parameters():
-    model = tiny_model()
+    model = small_cct()
     decay, no_decay = param_groups(model, 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
@@ -184,7 +179,7 @@ def test_parameter_groups_exempt_one_dimensional_and_positional_parameters():
 def test_model_state_is_a_loadable_checkpoint_without_training_parts(workdir):
     from statmech_nn import tracking
 
-    model = tiny_model(1)
+    model = small_cct(1)
     state = model_state(
         2, model, model.config, {"lr": 0.1}, {"acc": 0.5}, masks={"m": torch.ones(2)}
     )
