@@ -87,3 +87,24 @@ def test_layers_are_in_depth_order_everywhere_they_are_sorted():
     html = cooperation_report._curve_table(curve)
     rows = re.findall(r"<tr><td>(block\d+)</td><td>(\d+)</td>", html)
     assert rows == [("block2", "1"), ("block2", "4"), ("block10", "1"), ("block10", "4")], html
+
+
+def test_an_artifact_a_step_did_not_write_reads_as_absent_but_a_lost_store_raises(
+    workdir, monkeypatch
+):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from statmech_nn.report.tree import json_artifact
+
+    with mlflow.start_run() as run:
+        mlflow.log_dict({"a": [1, 2]}, "step/result.json")
+    assert json_artifact(run.info.run_id, "step/result.json") == {"a": [1, 2]}
+    assert json_artifact(run.info.run_id, "step/missing.json") is None
+
+    def unreachable(**_):
+        raise MlflowException("API request failed: connection refused", error_code="INTERNAL_ERROR")
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", unreachable)
+    with pytest.raises(MlflowException, match="connection refused"):
+        json_artifact(run.info.run_id, "step/result.json")

@@ -130,14 +130,17 @@ def json_artifact(run_id: str, path: str) -> Any:
     import json
 
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(
                 run_id=run_id, artifact_path=path, dst_path=tmp
             )
-        except Exception:  # noqa: BLE001 - an artifact a step did not write reads as absent
-            return None
+        except MlflowException as exc:  # an artifact a step did not write reads as absent
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
         return json.loads(Path(local).read_text())
 
 
