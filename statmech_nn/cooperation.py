@@ -24,13 +24,14 @@ import numpy as np
 import torch
 import xarray as xr
 from torch import nn
-from torch.nn import functional as F
 
 from statmech_nn import text_masks
 from statmech_nn.errors import ConfigError
 from statmech_nn.naming import check_theta, exceeds
 from statmech_nn.readout import FlattenReadout, Readout, ReadoutConfig, SeqPoolReadout, make_readout
+from statmech_nn.readout.fit import batches_per_epoch, fit_step, shuffled_rows
 from statmech_nn.snp import normalise
+from statmech_nn.train.steps import label_loss
 
 
 @dataclass
@@ -141,34 +142,12 @@ def fit_readout(
     """A readout trained on cached ``features`` (SGD, cosine per step, seeded shuffling)."""
     seed = config.seed if seed is None else int(seed)
     readout = new_readout(features, num_labels, config.readout, seed)
-    optimiser = torch.optim.SGD(
-        readout.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-    )
-    n = len(features.labels)
-    steps_per_epoch = -(-n // config.batch_size)
-    total = max(1, config.epochs * steps_per_epoch)
-    cosine = config.schedule == "cosine"
-    gen = torch.Generator().manual_seed(seed)
-    step = 0
-    for _ in range(config.epochs):
-        order = torch.randperm(n, generator=gen).to(features.x.device)
-        for start in range(0, n, config.batch_size):
-            rows = order[start : start + config.batch_size]
-            mask = None if features.mask is None else features.mask[rows]
-            batch = SiteFeatures(features.x[rows], features.labels[rows], mask)
-            for group in optimiser.param_groups:
-                group["lr"] = config.lr * (
-                    0.5 * (1 + math.cos(math.pi * step / total)) if cosine else 1
-                )
-            loss = F.cross_entropy(logits(readout, batch), batch.labels)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            step += 1
+    samples, size = len(features.labels), config.batch_size
+    step = fit_step(readout.parameters(), config, batches_per_epoch(samples, size))
+    for rows in shuffled_rows(samples, size, config.epochs, seed, features.x.device):
+        mask = None if features.mask is None else features.mask[rows]
+        batch = SiteFeatures(features.x[rows], features.labels[rows], mask)
+        step(label_loss(logits(readout, batch), batch.labels))
     readout.eval()
     readout.requires_grad_(False)
     return readout

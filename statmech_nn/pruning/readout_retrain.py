@@ -76,24 +76,16 @@ def retrain_masked(
     """
     import torch
 
+    from statmech_nn.readout.fit import FitStep, readout_sgd, shuffled_rows
+    from statmech_nn.train.steps import label_loss
+
     mask = mask.to(torch.bool)
     if mask.shape != weight.shape:
         raise SchemaError(f"mask {tuple(mask.shape)} and weight {tuple(weight.shape)} differ")
-    gen = torch.Generator().manual_seed(seed)
     w = (weight.detach().clone() * mask).requires_grad_(True)
-    opt = torch.optim.SGD(
-        [w], lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay
-    )
+    optimizer = readout_sgd([w], lr, momentum, momentum > 0, weight_decay)
+    step = FitStep(optimizer, after_step=lambda: w.mul_(mask))
     inputs = inputs.to(w.dtype)
-    n = inputs.shape[0]
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            loss = torch.nn.functional.cross_entropy(inputs[idx] @ w.T, labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                w.mul_(mask)
+    for idx in shuffled_rows(inputs.shape[0], batch_size, epochs, seed):
+        step(label_loss(inputs[idx] @ w.T, labels[idx]))
     return w.detach()

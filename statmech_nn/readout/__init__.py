@@ -3,7 +3,8 @@
 ``modules``: the readouts (``seqpool``, ``flatten``, ``mean``) and their seeded initialisation;
 ``config``: :class:`ReadoutConfig`; ``training``: :func:`train_readouts` and :func:`evaluate`;
 ``cache`` / ``cached``: the activation cache that lets every epoch reuse one backbone pass;
-``batched``: equal-shape readouts as one module; ``loading``: loaders and devices.
+``batched``: equal-shape readouts as one module; ``fit``: the SGD, schedule and update every
+readout fit uses; ``loading``: loaders and devices.
 """
 
 from statmech_nn.readout.batched import BatchedReadout

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +20,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from statmech_nn.readout.batched import BatchedReadout, equal_shape_groups
@@ -36,9 +34,11 @@ from statmech_nn.readout.cache import (
     site_bytes,
 )
 from statmech_nn.readout.config import ReadoutConfig
+from statmech_nn.readout.fit import fit_step
 from statmech_nn.readout.loading import index_loader, is_indexable, progress_bar, sequential_loader
 from statmech_nn.readout.modules import Readout, make_readout
 from statmech_nn.sites import Site
+from statmech_nn.train.steps import label_loss, make_scaler
 
 __all__ = ["train_on_cache"]
 
@@ -107,7 +107,7 @@ class _Unit:
     def loss(self, f: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.batched:
             return self.module.loss(f, y, mask)  # type: ignore[operator]
-        return F.cross_entropy(self.module.forward_features(f, mask), y)  # type: ignore[operator]
+        return label_loss(self.module.forward_features(f, mask), y)  # type: ignore[operator]
 
 
 def _units(
@@ -172,22 +172,9 @@ def _fit_group(
     readouts = _fresh(sites, shapes, num_labels, config, device)
     units, groups = _units(cache, readouts, batched)
     params = [p for u in units for p in u.module.parameters()]
-    optimiser = torch.optim.SGD(
-        params,
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-    )
     order = index_loader(loader)
-    total = max(1, config.epochs * len(order))
-    scheduler = None
-    if config.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / total))
-        )
-    fp16 = device.type == "cuda" and config.autocast == "fp16"
-    scaler = torch.amp.GradScaler("cuda") if fp16 else None
+    scaler = make_scaler(device, config.autocast == "fp16")
+    step = fit_step(params, config, len(order), scaler)
     on_cuda_amp = device.type == "cuda" and config.autocast != "none"
     dtype = cache.stacks[next(iter(cache.stacks))].dtype if on_cuda_amp else torch.float32
     step_loss = _step_loss(units, config.compile)
@@ -200,16 +187,7 @@ def _fit_group(
             masks = [u.gather_mask(idx, device) for u in units]
             with _autocast(device, config):
                 loss = step_loss(features, y, masks)
-            optimiser.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimiser)
-                scaler.update()
-            else:
-                loss.backward()
-                optimiser.step()
-            if scheduler is not None:
-                scheduler.step()
+            step(loss)
             bar.update(1)
     bar.close()
     for module, members in groups:

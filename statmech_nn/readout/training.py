@@ -12,21 +12,21 @@ of the frozen backbone per batch of every epoch.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from statmech_nn.batches import padding_mask
 from statmech_nn.readout.cached import train_on_cache
 from statmech_nn.readout.config import ReadoutConfig
+from statmech_nn.readout.fit import FitStep, fit_step
 from statmech_nn.readout.loading import batch_to, make_loader, progress_bar, resolve_device
 from statmech_nn.readout.modules import Readout, make_readout, site_mask
 from statmech_nn.sites import ActivationCapture, Site
+from statmech_nn.train.steps import label_loss
 
 __all__ = ["deterministic_algorithms", "evaluate", "train_readouts"]
 
@@ -102,9 +102,7 @@ def _train_uncached(
 ) -> dict[str, Readout]:
     """The reference loop: one backbone pass per batch of every epoch, fp32, no compile."""
     readouts: dict[str, Readout] = {}
-    optimiser: torch.optim.Optimizer | None = None
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-    total = max(1, config.epochs * len(loader))
+    step: FitStep | None = None
     with ActivationCapture(model, sites) as capture:
         bar = progress_bar(config.epochs * len(loader), "readouts", progress)
         for _epoch in range(config.epochs):
@@ -113,32 +111,19 @@ def _train_uncached(
                 with torch.no_grad():
                     acts = capture(x)
                 mask = padding_mask(x)
-                if optimiser is None:
+                if step is None:
                     for site in sites:
                         _, t, n = acts[site.name].shape
                         r = make_readout(config.readout, t, n, num_labels, site, config.seed)
                         readouts[site.name] = r.to(dev)
-                    optimiser = torch.optim.SGD(
-                        [p for r in readouts.values() for p in r.parameters()],
-                        lr=config.lr,
-                        momentum=config.momentum,
-                        nesterov=config.nesterov,
-                        weight_decay=config.weight_decay,
-                    )
-                    if config.schedule == "cosine":
-                        scheduler = torch.optim.lr_scheduler.LambdaLR(
-                            optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / total))
-                        )
+                    params = [p for r in readouts.values() for p in r.parameters()]
+                    step = fit_step(params, config, len(loader))
                 loss = sum(
-                    F.cross_entropy(readouts[s.name](a, site_mask(mask, a)), y)
+                    label_loss(readouts[s.name](a, site_mask(mask, a)), y)
                     for s in sites
                     for a in (acts[s.name],)
                 )
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[union-attr]
-                optimiser.step()
-                if scheduler is not None:
-                    scheduler.step()
+                step(loss)  # type: ignore[arg-type]
                 bar.update(1)
         bar.close()
         if not readouts:

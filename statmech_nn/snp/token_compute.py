@@ -20,12 +20,10 @@ Pure: a model and datasets in, a Dataset out; no MLflow, no files.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import xarray as xr
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -40,9 +38,11 @@ from statmech_nn.readout import (
     progress_bar,
     resolve_device,
 )
+from statmech_nn.readout.fit import batches_per_epoch, fit_step, shuffled_rows
 from statmech_nn.sites import ActivationCapture, Site
 from statmech_nn.snp.engine import SiteMatrices, head_count
 from statmech_nn.snp.tokens import TOKEN_READOUT, TokenSums, token_dataset, top_tokens
+from statmech_nn.train.steps import label_loss
 
 __all__ = [
     "compute_tokens",
@@ -128,31 +128,11 @@ def train_token_readouts(
         for s in sites
     }
     fcs = {name: r.fc for name, r in readouts.items()}
-    params = [fc.weight for fc in fcs.values()]
-    optimiser = torch.optim.SGD(
-        params,
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-    )
-    per_epoch = math.ceil(len(labels) / config.batch_size)
-    total = max(1, config.epochs * per_epoch)
-    cosine = config.schedule == "cosine"
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)) if cosine else 1.0
-    )
-    gen = torch.Generator().manual_seed(int(config.seed))
-    for _ in range(config.epochs):
-        order = torch.randperm(len(labels), generator=gen).to(dev)
-        for start in range(0, len(labels), config.batch_size):
-            rows = order[start : start + config.batch_size]
-            y = labels[rows]
-            loss = sum(F.cross_entropy(fcs[n](features[n][rows]), y) for n in fcs)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[union-attr]
-            optimiser.step()
-            scheduler.step()
+    samples, size = len(labels), config.batch_size
+    step = fit_step([fc.weight for fc in fcs.values()], config, batches_per_epoch(samples, size))
+    for rows in shuffled_rows(samples, size, config.epochs, config.seed, dev):
+        y = labels[rows]
+        step(sum(label_loss(fcs[n](features[n][rows]), y) for n in fcs))  # type: ignore[arg-type]
     return {name: r.eval().requires_grad_(False) for name, r in readouts.items()}
 
 

@@ -81,6 +81,16 @@ def loss_of(
     """
     if target is not None:
         return soft_target_loss(logits, target)
+    return label_loss(logits, labels, label_smoothing)
+
+
+def label_loss(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Mean float32 cross-entropy against hard labels (training and every readout fit).
+
+    Token targets ``[B, T]`` are scored at their masked positions (a batch without any scores 0).
+    """
     logits, labels = scored(logits, labels)
     if not len(labels):
         return logits.float().sum() * 0.0
@@ -124,24 +134,36 @@ class Step:
             logits = batches.call_model(self.net, x)
         loss = loss_of(logits, y, target, self.label_smoothing)
         self.check(loss)
-        self._backward_and_step(loss)
+        backward_and_step(loss, self.optimizer, self.scaler, self.grad_clip, self.params)
         self.schedule.step()
         return loss.detach(), logits.detach(), y, lr
 
-    def _backward_and_step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            if self.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.params(), self.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            if self.grad_clip:
-                nn.utils.clip_grad_norm_(self.params(), self.grad_clip)
-            self.optimizer.step()
+
+def backward_and_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
+    grad_clip: float | None = None,
+    params: Callable[[], Iterable[torch.Tensor]] | None = None,
+) -> None:
+    """Zero the gradients, backward (scaled with a ``scaler``), clip ``params()``, step.
+
+    The one optimiser/scaler update of training, fine-tuning and readout fitting.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+    if grad_clip and params is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(params(), grad_clip)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
 
 
 @dataclass
