@@ -18,6 +18,12 @@ from statmech_nn.errors import ThresholdError
 KIND_TAG = "statmech_nn.kind"
 """Tag naming what a run holds (one of the ``KIND_*`` values below)."""
 
+PROCESS_TAG = "statmech_nn.process"
+"""Tag holding the host, pid and start time of the process that runs (or last resumed) a run."""
+
+ENDED_BY_TAG = "statmech_nn.ended_by"
+"""Tag saying who ended a run that its own process could not end (the sweep)."""
+
 KIND_TRAIN = "train"
 KIND_SNP = "snp"
 KIND_ORDER = "order"

@@ -9,7 +9,7 @@ from typing import Any
 
 from statmech_nn import processes
 from statmech_nn.errors import ConfigError, TrackingError
-from statmech_nn.naming import KIND_TAG
+from statmech_nn.naming import ENDED_BY_TAG, KIND_TAG, PROCESS_TAG
 from statmech_nn.tracking.http import LOST, http_limits
 from statmech_nn.tracking.pending import TrackingLost, record_end
 from statmech_nn.tracking.uris import (
@@ -20,12 +20,6 @@ from statmech_nn.tracking.uris import (
     first_line,
     is_remote,
 )
-
-PROCESS_TAG = "statmech_nn.process"
-"""Tag holding the host, pid and start time of the process that runs (or last resumed) a run."""
-
-ENDED_BY_TAG = "statmech_nn.ended_by"
-"""Tag saying who ended a run that its own process could not end (the sweep)."""
 
 
 def experiment_id(name: str) -> str:
