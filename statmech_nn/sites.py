@@ -219,7 +219,8 @@ def resolve(model: nn.Module, spec: str | Sequence[str] | Sequence[Site] = "all"
                 if not available:
                     raise UnknownNameError(
                         f"{type(model).__name__} has no named sites: give module paths "
-                        "(e.g. 'encoder.layers.1:heads=4')"
+                        "(e.g. 'layer3', or 'blocks.1.attn.proj:input:heads=4' for the per-head "
+                        "context at the input of an attention's output projection)"
                     )
                 sites.extend(available)
             elif item in by_name:

@@ -40,6 +40,8 @@ if os.environ.get("STATMECH_TEST_WITHOUT"):
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at test time: models from configs
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -64,6 +64,29 @@ def test_snp_and_order_of_a_model_trained_elsewhere(name, workdir, tmp_path, cap
     assert 0.0 <= metrics[0].data.metrics["order.Q.block1"] <= 1.0
 
 
+@pytest.mark.slow  # an SNP pass and a 2-trial ANDC study
+def test_study_on_a_model_trained_elsewhere(workdir, tmp_path, capsys):
+    """``study andc MODEL_RUN`` takes the model run like a training run: its newest SNP run."""
+    from statmech_nn import cli
+
+    _, path = _library_weights("timm:vit-tiny-digits", tmp_path)
+    args = ["snp", "--model", "timm:vit-tiny-digits", "--weights", str(path)]
+    args += ["--dataset", "digits", "--img-size", "8", "--sites", "block1.mha,block1.ff"]
+    args += ["--readout-epochs", "1", "--limit-train", "120", "--limit-eval", "60"]
+    assert cli.main([*args, "--device", "cpu", "--no-progress"]) == 0, capsys.readouterr().err
+    lines = capsys.readouterr().out.strip().splitlines()
+    model_run, snp_run = lines[0].removeprefix("model run "), lines[-1]
+    assert cli.main(["study", "andc", model_run, "--trials", "2"]) == 0, capsys.readouterr().err
+    study_run = capsys.readouterr().out.strip().splitlines()[-1]
+    (study,) = _runs(f"attributes.run_id = '{study_run}'")
+    assert study.info.run_name == "study"
+    assert study.data.tags["mlflow.parentRunId"] == snp_run
+    (snp,) = _runs(f"attributes.run_id = '{snp_run}'")
+    assert snp.data.tags["mlflow.parentRunId"] == model_run
+    trials = _runs(f"tags.mlflow.parentRunId = '{study_run}'")
+    assert len([t for t in trials if t.info.status == "FINISHED"]) == 2
+
+
 def test_a_local_hugging_face_directory_is_a_model_too(workdir, tmp_path, capsys):
     from statmech_nn import cli, models
 

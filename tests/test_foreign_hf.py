@@ -7,6 +7,8 @@ projection, split into heads by the documented ``view(B, T, heads, head_dim)``.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -147,3 +149,11 @@ def test_sdpa_and_eager_capture_the_same_heads():
         with ActivationCapture(model, sites[:1]) as cap, torch.no_grad():
             out[implementation] = cap(ids)["block0.mha"]
     assert (out["eager"] - out["sdpa"]).abs().max() < 1e-5
+
+
+def test_the_hub_is_offline_at_test_time():
+    """conftest sets HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE before any library reads them."""
+    from huggingface_hub import constants
+
+    assert constants.HF_HUB_OFFLINE
+    assert os.environ["TRANSFORMERS_OFFLINE"] == "1"

@@ -107,6 +107,21 @@ REFUSED = [
     ("timm:vit-tiny-digits", "net.blocks.1.mlp.fc2:heads=4"),
     ("hf:vit-tiny-digits", "net.vit.layers.1.attention.o_proj:heads=4"),
     ("hf:bert-tiny", "net.bert.encoder.layer.1.attention.output:heads=2"),
+    # the residual stream: block outputs (the block{i}.ff modules) and the norms that read them
+    ("torchvision:vit-tiny-digits", "net.encoder.layers.encoder_layer_1:heads=4"),
+    ("torchvision:vit-tiny-digits", "net.encoder.layers.encoder_layer_1.ln_2:heads=4"),
+    ("torchvision:vit-tiny-digits", "net.encoder.layers.encoder_layer_1.ln_1:input:heads=4"),
+    ("timm:vit-tiny-digits", "net.blocks.1:heads=4"),
+    ("timm:vit-tiny-digits", "net.blocks.1.norm2:heads=4"),
+    ("hf:vit-tiny-digits", "net.vit.layers.1:heads=4"),
+    ("hf:vit-tiny-digits", "net.vit.layers.1.layernorm_after:heads=4"),
+    ("hf:vit-tiny-digits", "net.vit.layernorm:heads=4"),  # after the last block, block1
+    ("hf:bert-tiny", "net.bert.encoder.layer.1:heads=2"),
+    ("hf:bert-tiny", "net.bert.encoder.layer.1.output.LayerNorm:heads=2"),
+    ("hf:bert-tiny", "net.bert.encoder.layer.1.attention.output.LayerNorm:heads=2"),
+    ("cct_2_3x2_32", "classifier.blocks.1:heads=2"),  # ours: the block1.ff module
+    ("cct_2_3x2_32", "classifier.blocks.1.norm1:input:heads=2"),
+    ("cct_2_3x2_32", "classifier.blocks.1.attn_residual:heads=2"),  # ours: block1.attn_out
 ]  # fmt: skip
 
 
@@ -117,6 +132,25 @@ def test_heads_on_post_projection_channels_are_refused(name, spec):
         resolve(model, spec)
     message = str(err.value)
     assert "\n" not in message and "'block1.mha'" in message
+    assert "(module " in message  # the site to use comes with its module path
+
+
+PER_HEAD_CONTEXTS = [
+    ("torchvision:vit-tiny-digits", f"{TV_ATTN}.heads_out:heads=4:kind=mha"),
+    ("timm:vit-tiny-digits", "net.blocks.1.attn.proj:input:heads=4:kind=mha"),
+    ("hf:vit-tiny-digits", "net.vit.layers.1.attention.o_proj:input:heads=4:kind=mha"),
+    ("hf:bert-tiny", "net.bert.encoder.layer.1.attention.output.dense:input:heads=2:kind=mha"),
+    ("cct_2_3x2_32", "classifier.blocks.1.self_attn.heads_out:heads=2:kind=mha"),
+    ("cct_2_3x2_32", "classifier.blocks.1.self_attn.proj:input:heads=2:kind=mha"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "spec"), by_library(*PER_HEAD_CONTEXTS))
+def test_heads_on_the_per_head_context_by_module_path_are_accepted(name, spec):
+    model = models.create(name, num_classes=LABELS, img_size=32)
+    (site,) = resolve(model, spec)
+    (named,) = resolve(model, "block1.mha")
+    assert site.heads == named.heads
 
 
 @needs_timm
@@ -179,3 +213,27 @@ def test_load_foreign_state_dicts_and_hf_directories(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match="not readable"):
         load_foreign("timm:vit-tiny-digits", tmp_path / "junk.pt")
+
+
+@needs_timm
+def test_the_heads_examples_of_the_help_and_errors_are_per_head_contexts(capsys):
+    """The module-path examples with heads that the ``--sites`` help and the no-named-sites error
+    give resolve, as written, on a timm ViT (whose per-head context they name), unrefused."""
+    import re
+
+    from timm.models.vision_transformer import VisionTransformer
+
+    from statmech_nn import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["snp", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    with pytest.raises(UnknownNameError) as err:
+        resolve(torch.nn.Sequential(torch.nn.Linear(2, 2)), "all")
+    examples = re.findall(r"[\w.]+(?::\w+(?:=\d+)?)*:heads=\d+", help_text + " " + str(err.value))
+    assert len(examples) >= 2, (help_text, str(err.value))
+    vit = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=4)
+    (mha,) = resolve(vit, "block1.mha")
+    for example in examples:
+        (site,) = resolve(vit, example)
+        assert (site.module, site.hook, site.heads) == (mha.module, mha.hook, mha.heads)

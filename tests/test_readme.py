@@ -11,6 +11,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -27,23 +28,29 @@ SKIPPED = {
 }
 """Blocks not run, by a line they contain: set-up commands and the GPU recipe."""
 
-PRELUDES = {
-    "hf:vit-tiny-digits": (
-        "transformers",
-        "from statmech_nn import data\n"
-        "splits = data.load('digits', img_size=16).limited(0, train=64, val=32, test=32)\n",
-    ),
-    "timm:vit-tiny-digits": ("timm", "from statmech_nn import models\n"),
-    "torchvision:vit-tiny-digits": (
-        "torchvision",
-        "from safetensors.torch import save_file\n"
-        "from statmech_nn import models\n"
-        "save_file(models.create('torchvision:vit-tiny-digits', num_classes=10).state_dict(),"
-        " 'weights.safetensors')\n",
-    ),
+REQUIRES = {"hf:": "transformers", "timm:": "timm"}
+"""Blocks that name a model of an optional library, by a string they contain: its package."""
+
+_WEIGHTS = (
+    "from safetensors.torch import save_file\n"
+    "from statmech_nn import models\n"
+    "save_file(models.create({name!r}, num_classes=10{size}).net.state_dict(), {file!r})\n"
+)
+FILES = {
+    "vit.safetensors": _WEIGHTS.format(name="timm:vit-tiny-digits", size=", img_size=16",
+                                       file="vit.safetensors"),
+    "weights.safetensors": _WEIGHTS.format(name="torchvision:vit-tiny-digits", size="",
+                                           file="weights.safetensors"),
+}  # fmt: skip
+"""Files a block names as if the reader had them (a model trained elsewhere, saved with its
+library's own keys): made first, in the demo's folder."""
+
+SHORTENED = {
+    "--epochs 8": "--epochs 2",  # the text block's fine-tuning of hf:bert-tiny-text
+    "demo --task text": "demo --task text " + " ".join(DEMO),  # the text demo, like the demo
 }
-"""The foreign-model blocks continue the text above them (``splits``, a saved checkpoint):
-what that text assumes, by a string of the block, with the package it needs."""
+"""What the test shortens in shell lines, to keep its time reasonable (the README keeps what a
+user would run): the text block's 8 training epochs, and the text demo's sizes."""
 
 
 def fenced_blocks(text: str) -> list[tuple[str, str]]:
@@ -111,32 +118,26 @@ def test_readme_block_runs_on_the_demo(index, demo, monkeypatch):
     reason = _skip_reason(code)
     if reason:
         pytest.skip(reason)
-    code = _with_run(code, demo)
-    monkeypatch.chdir(demo.folder)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    if lang == "bash":
-        _run_shell(code, demo)
-        return
-    prelude = ""
-    for key, (package, text) in PRELUDES.items():
+    for key, package in REQUIRES.items():
         if key in code:
             pytest.importorskip(package)
-            prelude = text
+    monkeypatch.chdir(demo.folder)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    _make_files(code, demo.folder)
+    if lang == "bash":
+        _run_shell(code, demo.train_run, lambda line: _execute(line, demo.folder))
+        return
     namespace: dict = {}
-    exec(compile(prelude + code, f"README block {index}", "exec"), namespace)  # noqa: S102
+    code = _with_run(code, demo)
+    exec(compile(code, f"README block {index}", "exec"), namespace)  # noqa: S102
     _check_python_results(code, namespace)
 
 
-SHELL_FILES = {
-    "vit.safetensors": (
-        "timm",
-        "from safetensors.torch import save_file\n"
-        "from statmech_nn import models\n"
-        "save_file(models.create('timm:vit-tiny-digits', num_classes=10, img_size=16)"
-        ".state_dict(), 'vit.safetensors')\n",
-    ),
-}
-"""Files a shell block names as if the reader had them (a model trained elsewhere): made first."""
+def _make_files(code: str, folder: Path) -> None:
+    """The :data:`FILES` that ``code`` names, made in ``folder`` unless they are there."""
+    for name, maker in FILES.items():
+        if name in code and not (folder / name).exists():
+            subprocess.run([sys.executable, "-c", maker], cwd=folder, env=_env(folder), check=True)
 
 
 def _shell_lines(code: str) -> list[str]:
@@ -144,30 +145,77 @@ def _shell_lines(code: str) -> list[str]:
     return code.replace("\\\n", " ").splitlines()
 
 
-def _run_shell(code: str, demo: DemoOutput) -> None:
-    for name, (package, maker) in SHELL_FILES.items():
-        if name in code and not (demo.folder / name).exists():
-            pytest.importorskip(package)
-            subprocess.run([sys.executable, "-c", maker], cwd=demo.folder, check=True)
+def run_created(argv: list[str], out: str) -> str | None:
+    """The run id a command prints when it creates a run: ``train``'s last line, ``snp
+    --model``'s "model run ID" line; None for other commands."""
+    lines = out.strip().splitlines()
+    if argv[1:2] == ["train"] and lines:
+        return lines[-1].strip()
+    if argv[1:2] == ["snp"] and "--model" in argv:
+        return next((ln.split()[-1] for ln in lines if ln.startswith("model run ")), None)
+    return None
+
+
+def _run_shell(code: str, default_run: str, execute: Callable[[str], str]) -> None:
+    """Run a shell block's commands; RUN_ID is the run the block's last run-creating line made
+    (``default_run``, the demo's training run, before any)."""
+    run_id = default_run
     for line in _shell_lines(code):
         line = line.split(" #", 1)[0].strip()
         if not line or line.startswith("#"):
             continue
+        for text, shorter in SHORTENED.items():
+            line = line.replace(text, shorter)
+        line = line.replace("RUN_ID", run_id)
         argv = shlex.split(line)
         assert argv[0] == "statmech-nn", line
-        done = subprocess.run(
-            ["bash", "-c", line],
-            cwd=demo.folder,
-            env=_env(demo.folder),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, f"{line}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
-        assert "no runs match" not in done.stdout, line
-        if "--csv" in argv:
-            csv = demo.folder / argv[argv.index("--csv") + 1]
-            assert len(csv.read_text().splitlines()) > 1
+        out = execute(line)
+        run_id = run_created(argv, out) or run_id
+
+
+def _execute(line: str, folder: Path) -> str:
+    """Run one shell line in ``folder``; its stdout (it must succeed and match some run)."""
+    argv = shlex.split(line)
+    done = subprocess.run(
+        ["bash", "-c", line],
+        cwd=folder,
+        env=_env(folder),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"{line}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    assert "no runs match" not in done.stdout, line
+    if "--csv" in argv:
+        csv = folder / argv[argv.index("--csv") + 1]
+        assert len(csv.read_text().splitlines()) > 1
+    return done.stdout
+
+
+def test_later_lines_of_a_block_use_the_run_it_created():
+    """RUN_ID after a ``train`` / ``snp --model`` line is that line's run, else the demo's."""
+    outputs = {"train": "epoch 1\nTRAINED\n", "snp": "model run IMPORTED\nsnp run SNP\n"}
+    ran: list[str] = []
+
+    def execute(line: str) -> str:
+        ran.append(line)
+        return outputs.get(shlex.split(line)[1], "done\n")
+
+    block = (
+        "statmech-nn snp RUN_ID --sites mha  # before any run of the block's own\n"
+        "statmech-nn train --model hf:bert-tiny-text \\\n    --epochs 8\n"
+        "statmech-nn order RUN_ID --over-checkpoints\n"
+        "statmech-nn snp --model timm:x --weights w.safetensors  # prints model run RUN_ID\n"
+        "statmech-nn study andc RUN_ID --trials 20\n"
+    )
+    _run_shell(block, "DEMO", execute)
+    assert ran == [
+        "statmech-nn snp DEMO --sites mha",
+        "statmech-nn train --model hf:bert-tiny-text      --epochs 2",
+        "statmech-nn order TRAINED --over-checkpoints",
+        "statmech-nn snp --model timm:x --weights w.safetensors",
+        "statmech-nn study andc IMPORTED --trials 20",
+    ]
 
 
 def _check_python_results(code: str, namespace: dict) -> None:

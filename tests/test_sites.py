@@ -210,8 +210,7 @@ def test_torchvision_vision_transformer_module_sites():
     ).eval()
     sites = resolve(
         model,
-        "encoder.layers.encoder_layer_1:heads=2:kind=block,"
-        "encoder.layers.encoder_layer_0.mlp:kind=mlp",
+        "encoder.layers.encoder_layer_1:kind=block,encoder.layers.encoder_layer_0.mlp:kind=mlp",
     )
     with ActivationCapture(model, sites) as cap, torch.no_grad():
         acts = cap(torch.randn(2, 3, 16, 16))

@@ -48,8 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="all",
         help=(
             "sites to read, comma-separated: 'all', kinds (mha,ff,ff_hidden,attn_out,conv), site "
-            "names (block3.mha), or module paths with options (encoder.layers.1:heads=4). "
-            "Default: all"
+            "names (block3.mha: the per-head context of block 3, on ours and on supported "
+            "Hugging Face / timm / torchvision transformers), or module paths with options "
+            "(blocks.1.attn.proj:input:heads=4, the input of an attention's output projection; "
+            "heads on a block output or an MLP output are refused). Default: all"
         ),
     )
     options.add_readout(
