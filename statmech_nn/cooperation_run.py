@@ -25,6 +25,7 @@ bias-free ``Linear(n, K)`` trained with the SNP run's readout settings, the rand
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -144,8 +145,9 @@ def plan(
     uri: str,
     device: str | None,
     progress: bool,
+    data_root: str | os.PathLike | None = None,
 ) -> _Plan:
-    """Find and load what the SNP run analysed and check every option against it."""
+    """Find and load what the SNP run analysed (data from ``data_root``); check every option."""
     from statmech_nn import snp, tracking
     from statmech_nn.studies.build import readouts_for
 
@@ -154,7 +156,7 @@ def plan(
     form = feature_form(str(ds.attrs.get("readout", "seqpool")), options.features)
     layers = analysed_layers(ds, options.kind, options.layers)
     params = tracking.get_run(found.snp_run_id).data.params
-    src = snp_sources(ds, params, options.kind, layers)
+    src = snp_sources(ds, params, options.kind, layers, data_root)
     widths = {int(ds[f"node_count_{options.kind}"].sel(layer=k)) for k in layers}
     if len(widths) != 1:
         raise ConfigError(
@@ -283,6 +285,7 @@ def for_run(
     domain: str = "real",
     features: str = "auto",
     progress: bool = False,
+    data_root: str | os.PathLike | None = None,
 ) -> CooperationResult:
     """Node cooperation and the single-node bound of an SNP run, logged as a ``cooperation`` run.
 
@@ -291,6 +294,7 @@ def for_run(
     a param, the metrics ``coop.*`` / ``bound.*`` (:func:`cooperation_store.metrics`), the
     artifact ``cooperation/cooperation.nc`` and PNG figures under ``figures/``. It is created
     only after the whole analysis succeeded, so a refused option or a failure leaves no run.
+    The data are read from ``data_root`` (see :func:`~statmech_nn.data.data_for_analysis`).
     """
     from statmech_nn import tracking
 
@@ -307,7 +311,7 @@ def for_run(
     )
     options.check()
     uri = tracking.init_store(tracking_uri)
-    planned = plan(run_id, options, uri, device, progress)
+    planned = plan(run_id, options, uri, device, progress, data_root)
     ds = analyse(planned, device)
     metrics = cooperation_store.metrics(ds)
     with tracking.run(

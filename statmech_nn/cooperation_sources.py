@@ -15,6 +15,7 @@ one scalar per node) and the index of its true token among the ``K`` as label
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -52,14 +53,21 @@ def analysed_layers(ds: xr.Dataset, kind: str, layers: Sequence[int] | None) -> 
     return chosen
 
 
-def snp_sources(ds: xr.Dataset, params: Mapping[str, str], kind: str, layers: list[int]) -> Sources:
+def snp_sources(
+    ds: xr.Dataset,
+    params: Mapping[str, str],
+    kind: str,
+    layers: list[int],
+    data_root: str | os.PathLike | None = None,
+) -> Sources:
     """The checkpoint, sites, readout settings and data subsets of the SNP run ``ds`` came from.
 
-    The data are cut with ``Splits.limited`` and the SNP run's recorded seed and limits, so the
-    train and evaluated samples are exactly the ones its readouts and matrices saw.
+    The data are read from ``data_root`` (see :func:`~statmech_nn.data.data_for_analysis`),
+    cut with ``Splits.limited`` and the SNP run's recorded seed and limits, so the train and
+    evaluated samples are exactly the ones its readouts and matrices saw.
     """
     from statmech_nn import tracking
-    from statmech_nn.data import data_for_config
+    from statmech_nn.data import data_for_analysis
     from statmech_nn.order.checkpoints import snp_settings
     from statmech_nn.readout import ReadoutConfig
     from statmech_nn.sites import resolve
@@ -72,7 +80,7 @@ def snp_sources(ds: xr.Dataset, params: Mapping[str, str], kind: str, layers: li
     settings = snp_settings(ds, dict(params))
     ckpt = tracking.load_checkpoint(training_run_id, int(ds.attrs["checkpoint_epoch"]))
     by_key = {(s.kind, s.layer): s for s in resolve(ckpt.model, list(ds.attrs["sites"]))}
-    full = data_for_config(ckpt.config, augment="none")
+    full = data_for_analysis(ckpt.config, augment="none", data_root=data_root)
     split = settings["split"]
     limits = {"train": settings["limit_train"], split: settings["limit_eval"]}
     splits = full.limited(settings["seed"], **limits)

@@ -15,6 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from statmech_nn.demo_commands import (
+    SNP_SITES,
+    common_flags,
+    cooperation_argv,
+    order_argv,
+    snp_argv,
+    study_argv,
+    train_argv,
+)
 from statmech_nn.errors import ConfigError, StatmechError
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -73,9 +82,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data_options": {"max_length": 32},
     },
 }
-
-SNP_SITES = "mha,ff"
-"""The site kinds the demo's SNP step reads (a preset's ``sites`` overrides it)."""
 
 TASKS: dict[str, tuple[str, ...]] = {
     "image": ("digits", "synthetic", "cifar100"),
@@ -154,53 +160,6 @@ def plan(
     return settings
 
 
-def common_flags(settings: dict[str, Any]) -> list[str]:
-    """``--tracking-uri`` when the settings name one (every command takes it)."""
-    return ["--tracking-uri", settings["tracking_uri"]] if settings["tracking_uri"] else []
-
-
-def train_argv(s: dict[str, Any]) -> list[str]:
-    argv = ["train", "--model", s["model"], "--dataset", s["dataset"]]
-    if s.get("recipe"):
-        argv += ["--recipe", s["recipe"]]
-    argv += ["--epochs", str(s["epochs"]), "--checkpoint-every", str(s["checkpoint_every"])]
-    argv += ["--batch-size", str(s["batch_size"]), "--seed", str(s["seed"])]
-    if s.get("lr"):
-        argv += ["--lr", str(s["lr"])]
-    if s["data_root"]:
-        argv += ["--data-root", s["data_root"]]
-    if s["limit_train"]:
-        argv += ["--limit-train", str(s["limit_train"])]
-    if s["limit_eval"]:
-        argv += ["--limit-eval", str(s["limit_eval"])]
-    argv += ["--device", s["device"], "--experiment", s["experiment"]]
-    for flag, options in (("--model-option", "model_options"), ("--data-option", "data_options")):
-        for key, value in s[options].items():
-            argv += [flag, f"{key}={value}"]
-    return argv + common_flags(s)
-
-
-def snp_argv(s: dict[str, Any], run_id: str) -> list[str]:
-    sites = s.get("sites", SNP_SITES)
-    argv = ["snp", run_id, "--sites", sites, "--readout-epochs", str(s["readout_epochs"])]
-    if s["limit_train"]:
-        argv += ["--limit-train", str(s["limit_train"])]
-    if s["limit_eval"]:
-        argv += ["--limit-eval", str(s["limit_eval"])]
-    return argv + device_flags(s) + ["--no-progress", *common_flags(s)]
-
-
-def order_argv(s: dict[str, Any], snp_run_id: str) -> list[str]:
-    argv = ["order", snp_run_id, "--over-checkpoints"]
-    argv += ["--null-permutations", str(s["null_permutations"])]
-    return argv + device_flags(s) + common_flags(s)
-
-
-def study_argv(s: dict[str, Any], snp_run_id: str) -> list[str]:
-    argv = ["study", "andc", snp_run_id, "--trials", str(s["trials"]), "--kind", "ff"]
-    return argv + common_flags(s)
-
-
 def run(settings: dict[str, Any], quiet: bool = False) -> DemoResult:
     """Run the whole pipeline; return the run ids (the report path last).
 
@@ -252,11 +211,6 @@ def device_of(s: dict[str, Any]) -> str | None:
     return None if s["device"] == "auto" else s["device"]
 
 
-def device_flags(s: dict[str, Any]) -> list[str]:
-    """``--device D`` unless the settings leave the device automatic."""
-    return [] if s["device"] == "auto" else ["--device", s["device"]]
-
-
 def train_step(s: dict[str, Any], out: Callable[..., None]) -> str:
     """``statmech-nn train``: :func:`statmech_nn.train.train` on the preset's config."""
     from statmech_nn import recipes
@@ -301,6 +255,7 @@ def snp_step(s: dict[str, Any], train_id: str, out: Callable[..., None]) -> str:
         limit_train=s["limit_train"] or None,
         limit_eval=s["limit_eval"] or None,
         readout_options={"lr": 0.01},
+        data_root=s["data_root"] or None,
     )
     out(*snp_summary(ds), child_id)
     return child_id
@@ -319,6 +274,7 @@ def order_step(s: dict[str, Any], snp_id: str, out: Callable[..., None]) -> str:
         options,
         tracking_uri=s["tracking_uri"],
         on_epoch=lambda epoch, metrics: out(f"epoch {epoch}: " + summary(metrics)),
+        data_root=s["data_root"] or None,
     )
     out(summary(result.metrics), result.run_id)
     return result.run_id
@@ -330,21 +286,24 @@ def study_step(s: dict[str, Any], snp_id: str, out: Callable[..., None]) -> str:
     from statmech_nn.commands.study import result_lines
 
     options = studies.StudyOptions(n_trials=s["trials"])
-    result = studies.for_run(snp_id, options, kind="ff", tracking_uri=s["tracking_uri"])
+    result = studies.for_run(
+        snp_id, options, kind="ff", tracking_uri=s["tracking_uri"], data_root=s["data_root"]
+    )
     out(*result_lines(result))
     return result["study_run_id"] or ""
-
-
-def cooperation_argv(s: dict[str, Any], snp_run_id: str) -> list[str]:
-    argv = ["cooperation", snp_run_id, "--kind", "ff"]
-    return argv + device_flags(s) + common_flags(s)
 
 
 def cooperation_work(s: dict[str, Any], snp_id: str, out: Callable[..., None]) -> str:
     """``statmech-nn cooperation``: :func:`statmech_nn.cooperation_run.for_run` on the FF sites."""
     from statmech_nn.cooperation_run import for_run
 
-    done = for_run(snp_id, kind="ff", device=device_of(s), tracking_uri=s["tracking_uri"])
+    done = for_run(
+        snp_id,
+        kind="ff",
+        device=device_of(s),
+        tracking_uri=s["tracking_uri"],
+        data_root=s["data_root"],
+    )
     run_id = str(getattr(done, "run_id", "") or "")
     out(run_id)
     return run_id

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from statmech_nn import demo
+from statmech_nn import demo_commands as argvs
 from statmech_nn.errors import ConfigError
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -131,7 +132,7 @@ def plan(
 def prune_argv(s: dict[str, Any], train_id: str, snp_id: str) -> list[str]:
     argv = ["prune", train_id, "--snp-run", snp_id, "--epochs", str(s["prune_epochs"])]
     argv += ["--random-draws", str(s["random_draws"])]
-    return argv + demo.device_flags(s) + demo.common_flags(s)
+    return argv + argvs.data_flags(s) + argvs.device_flags(s) + argvs.common_flags(s)
 
 
 def scaling_argv(s: dict[str, Any], train_id: str) -> list[str]:
@@ -139,7 +140,7 @@ def scaling_argv(s: dict[str, Any], train_id: str) -> list[str]:
     argv += ["--draws", str(s["scaling_draws"]), "--readout-epochs", str(s["readout_epochs"])]
     if s["limit_train"]:
         argv += ["--limit-train", str(s["limit_train"])]
-    return argv + demo.common_flags(s)
+    return argv + argvs.data_flags(s) + argvs.common_flags(s)
 
 
 def prune_step(s: dict[str, Any], train_id: str, snp_id: str, out: Callable[..., None]) -> str:
@@ -154,6 +155,7 @@ def prune_step(s: dict[str, Any], train_id: str, snp_id: str, out: Callable[...,
         device=demo.device_of(s),
         seed=s["seed"],
         tracking_uri=s["tracking_uri"],
+        data_root=s["data_root"],
     )
     out(*summary_lines(result), child_id)
     return child_id
@@ -175,6 +177,7 @@ def scaling_step(s: dict[str, Any], train_id: str, out: Callable[..., None]) -> 
             "device": demo.device_of(s),
         },
         tracking_uri=s["tracking_uri"],
+        data_root=s["data_root"],
     )
     for name in ("error", "snr", "cluster_size"):
         if f"{name}_slope" in result:
@@ -196,15 +199,15 @@ def run(settings: dict[str, Any], quiet: bool = False) -> FindingsResult:
         result.runs[name] = demo.run_step(result, name, argv, work)
         return result.runs[name]
 
-    train_id = step("train", demo.train_argv(s), lambda: demo.train_step(s, out))
-    snp_id = step("snp", demo.snp_argv(s, train_id), lambda: demo.snp_step(s, train_id, out))
-    step("order", demo.order_argv(s, snp_id), lambda: demo.order_step(s, snp_id, out))
-    step("study", demo.study_argv(s, snp_id), lambda: demo.study_step(s, snp_id, out))
+    train_id = step("train", argvs.train_argv(s), lambda: demo.train_step(s, out))
+    snp_id = step("snp", argvs.snp_argv(s, train_id), lambda: demo.snp_step(s, train_id, out))
+    step("order", argvs.order_argv(s, snp_id), lambda: demo.order_step(s, snp_id, out))
+    step("study", argvs.study_argv(s, snp_id), lambda: demo.study_step(s, snp_id, out))
     step("prune", prune_argv(s, train_id, snp_id), lambda: prune_step(s, train_id, snp_id, out))
     step("scaling", scaling_argv(s, train_id), lambda: scaling_step(s, train_id, out))
     step(
         "cooperation",
-        demo.cooperation_argv(s, snp_id),
+        argvs.cooperation_argv(s, snp_id),
         lambda: demo.cooperation_work(s, snp_id, out),
     )
     step(
@@ -212,6 +215,6 @@ def run(settings: dict[str, Any], quiet: bool = False) -> FindingsResult:
         findings_argv(s, train_id),
         lambda: findings_step(s, train_id, result, out),
     )
-    report_argv = ["report", train_id, *demo.common_flags(s)]
+    report_argv = ["report", train_id, *argvs.common_flags(s)]
     result.report_path = step("report", report_argv, lambda: demo.report_step(s, train_id, out))
     return result

@@ -12,6 +12,7 @@ with the steps' own figures beside it (``{kind}__{artifact path}.png``).
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -44,6 +45,8 @@ def findings_argv(s: Mapping[str, Any], train_id: str) -> list[str]:
     argv += ["--alignment-permutations", str(s["alignment_permutations"])]
     if s.get("out_dir"):
         argv += ["--out", str(s["out_dir"])]
+    if s.get("data_root"):
+        argv += ["--data-root", str(s["data_root"])]
     return argv + (["--tracking-uri", s["tracking_uri"]] if s.get("tracking_uri") else [])
 
 
@@ -91,20 +94,29 @@ def alignment_metrics(aligned: Mapping[str, xr.Dataset]) -> dict[str, float]:
     return out
 
 
-def _superclass_map(train_id: str) -> tuple[list[int] | None, dict[str, Any]]:
+def _superclass_map(
+    train_id: str, data_root: str | os.PathLike | None = None
+) -> tuple[list[int] | None, dict[str, Any]]:
     """The superclass of every label of the training data (None without a hierarchy)."""
     from statmech_nn import tracking
     from statmech_nn.data import data_for_analysis
 
     ckpt = tracking.load_checkpoint(train_id)
-    superclass = data_for_analysis(ckpt.config, augment="none").meta.get("superclass")
+    data = data_for_analysis(ckpt.config, augment="none", data_root=data_root)
+    superclass = data.meta.get("superclass")
     return (list(map(int, superclass)) if superclass else None), dict(ckpt.config)
 
 
 def collect(
-    train_id: str, permutations: int = 1000, seed: int = 0
+    train_id: str,
+    permutations: int = 1000,
+    seed: int = 0,
+    data_root: str | os.PathLike | None = None,
 ) -> tuple[dict[str, Any], dict[str, xr.Dataset]]:
-    """Every step's numbers, read from MLflow, and the superclass alignment (if a hierarchy)."""
+    """Every step's numbers, read from MLflow, and the superclass alignment (if a hierarchy).
+
+    The training data (for their superclasses) are read from ``data_root``.
+    """
     from statmech_nn import snp, tracking
     from statmech_nn.report.tree import json_artifact, metric_histories, run_tree
 
@@ -139,7 +151,7 @@ def collect(
         found["study"]["pareto_front"] = json_artifact(
             found["study"]["run_id"], "study/pareto_front.json"
         )
-    superclass, config = _superclass_map(train_id)
+    superclass, config = _superclass_map(train_id, data_root)
     found["config"] = config
     aligned: dict[str, xr.Dataset] = {}
     ds = None
@@ -176,6 +188,7 @@ def findings_step(
         },
         out_dir=s.get("out_dir"),
         tracking_uri=s.get("tracking_uri"),
+        data_root=s.get("data_root"),
     )
     out(done)
     return done
@@ -188,15 +201,16 @@ def log_findings(
     extra: Mapping[str, Any] | None = None,
     out_dir: str | Path | None = None,
     tracking_uri: str | None = None,
+    data_root: str | os.PathLike | None = None,
 ) -> str:
-    """The ``findings`` child run of ``train_id``; returns its id."""
+    """The ``findings`` child run of ``train_id`` (data from ``data_root``); returns its id."""
     import mlflow
 
     from statmech_nn import figures, tracking
     from statmech_nn.findings_tables import tables_markdown
 
     tracking.init_store(tracking_uri)
-    found, aligned = collect(train_id, permutations, seed)
+    found, aligned = collect(train_id, permutations, seed, data_root)
     with tracking.child_run(train_id, KIND_FINDINGS) as active:
         run_id = active.info.run_id
         mlflow.set_tag(KIND_TAG, KIND_FINDINGS)

@@ -11,6 +11,7 @@ over all (K, draw) points with finite values.
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -231,9 +232,11 @@ def for_run(
     limit_train: int | None = None,
     snp_options: Mapping[str, Any] | None = None,
     tracking_uri: str | None = None,
+    data_root: str | os.PathLike | None = None,
 ) -> tuple[str, xr.Dataset]:
     """Run the scaling analysis on a training run's checkpoint, logged as a ``scaling`` child.
 
+    The data are read from ``data_root`` (see :func:`~statmech_nn.data.data_for_analysis`).
     Everything is checked before the child run is created. Returns ``(child_run_id, result)``
     with ``result`` from :func:`scaling`.
     """
@@ -244,7 +247,7 @@ def for_run(
     tracking.init_store(tracking_uri)
     training = training_run_of(run_id)
     ckpt = tracking.load_checkpoint(training, epoch)
-    splits = _checked_data(ckpt, ks, site, seed, limit_train)
+    splits = _checked_data(ckpt, ks, site, seed, limit_train, data_root)
     options = {"seed": seed, **dict(snp_options or {})}
     with tracking.run(
         None, run_name="scaling", parent_run_id=training, tags={KIND_TAG: KIND_SCALING}
@@ -268,13 +271,18 @@ def check_options(ks: Sequence[int], draws: int, theta: float, snr_variant: str)
 
 
 def _checked_data(
-    ckpt: Any, ks: Sequence[int], site: str | None, seed: int, limit_train: int | None
+    ckpt: Any,
+    ks: Sequence[int],
+    site: str | None,
+    seed: int,
+    limit_train: int | None,
+    data_root: str | os.PathLike | None = None,
 ) -> Any:
     """The run's data without augmentation (train cut to ``limit_train``), checked against K."""
     from statmech_nn.data import data_for_analysis
     from statmech_nn.sites import resolve
 
-    splits = data_for_analysis(ckpt.config, augment="none")
+    splits = data_for_analysis(ckpt.config, augment="none", data_root=data_root)
     check_ks(ks, int(splits.num_classes))
     resolve(ckpt.model, [site or default_site(ckpt.model)])
     return splits.limited(seed, train=limit_train)

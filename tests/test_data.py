@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _tiny import write_fake_cifar
 from torch.utils.data import DataLoader
 
 from statmech_nn import data
@@ -266,35 +266,6 @@ def test_missing_torchvision_data_names_directory_and_flag(tmp_path, monkeypatch
         data.load("flowers102")
     assert isinstance(err.value, StatmechError)
     assert not (tmp_path / "cifar-100-python").exists()
-
-
-def write_fake_cifar(root: Path, name: str, n_train: int = 30, n_test: int = 10):
-    """A tiny CIFAR copy in torchvision's on-disk format (pickled batches); returns the arrays."""
-    rng = np.random.default_rng(0)
-    num_classes = 10 if name == "cifar10" else 100
-    folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
-    folder.mkdir(parents=True)
-    train = rng.integers(0, 256, (n_train, 3072), dtype=np.uint8)
-    test = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
-    train_y = (np.arange(n_train) % num_classes).tolist()
-    test_y = (np.arange(n_test) * 7 % num_classes).tolist()
-    classes = [f"class{i}" for i in range(num_classes)]
-
-    def dump(file: str, obj: dict) -> None:
-        with open(folder / file, "wb") as f:
-            pickle.dump(obj, f)
-
-    if name == "cifar10":
-        chunks = np.array_split(np.arange(n_train), 5)
-        for i, rows in enumerate(chunks, 1):
-            dump(f"data_batch_{i}", {"data": train[rows], "labels": [train_y[r] for r in rows]})
-        dump("test_batch", {"data": test, "labels": test_y})
-        dump("batches.meta", {"label_names": classes})
-    else:
-        dump("train", {"data": train, "fine_labels": train_y})
-        dump("test", {"data": test, "fine_labels": test_y})
-        dump("meta", {"fine_label_names": classes})
-    return train.reshape(-1, 3, 32, 32), train_y, test.reshape(-1, 3, 32, 32), test_y, classes
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])

@@ -6,7 +6,12 @@ import argparse
 
 import xarray as xr
 
-from statmech_nn.commands.options import add_device, add_no_progress, add_tracking_uri
+from statmech_nn.commands.options import (
+    add_data_root,
+    add_device,
+    add_no_progress,
+    add_tracking_uri,
+)
 from statmech_nn.cooperation_bound import DOMAINS
 from statmech_nn.cooperation_run import FEATURES
 from statmech_nn.errors import ConfigError
@@ -62,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "tokens"
         ),
     )
+    add_data_root(parser)
     add_device(parser)
     add_no_progress(parser)
     add_tracking_uri(parser)
@@ -112,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         domain=args.domain,
         features=args.features,
         progress=not args.no_progress,
+        data_root=args.data_root,
     )
     print(summary_table(result.dataset))
     print(result.run_id)

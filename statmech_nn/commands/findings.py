@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             out_dir=args.out,
             tracking_uri=args.tracking_uri,
+            data_root=args.data_root,
         )
         print(run_id)
         return 0

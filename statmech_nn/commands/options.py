@@ -28,6 +28,17 @@ def add_tracking_uri(parser: argparse.ArgumentParser | Any) -> None:
     parser.add_argument("--tracking-uri", metavar="URI", default=None, help=TRACKING_URI_HELP)
 
 
+DATA_ROOT_HELP = (
+    "folder that holds the datasets (default: $STATMECH_DATA, else ./data); never the folder a "
+    "run's stored config names, and nothing is downloaded (statmech-nn datasets --download does)"
+)
+
+
+def add_data_root(parser: argparse.ArgumentParser | Any) -> None:
+    """``--data-root``: where an analysis reads a run's data (never where its config says)."""
+    parser.add_argument("--data-root", metavar="DIR", default=None, help=DATA_ROOT_HELP)
+
+
 def add_device(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     """``--device``: a torch device name (default: cuda if available)."""
     parser.add_argument(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from statmech_nn.commands.options import add_tracking_uri
+from statmech_nn.commands.options import add_data_root, add_tracking_uri
 from statmech_nn.order.pipeline import SNR_FORMS
 from statmech_nn.order.stats import SNR_VARIANTS
 
@@ -68,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--gallery-nodes", type=int, default=4, help="nodes per layer in the gallery (default: 4)"
     )
     parser.add_argument("--device", default=None, help="torch device for --over-checkpoints")
+    add_data_root(parser)
     add_tracking_uri(parser)
     parser.set_defaults(func=run)
 
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
         ),
         tracking_uri=args.tracking_uri,
+        data_root=args.data_root,
         on_epoch=lambda epoch, metrics: print(f"epoch {epoch}: " + summary(metrics)),
     )
     print(summary(result.metrics))

@@ -63,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="random-pruning controls, each retrained like ANDC; 0 skips them (default: 1)",
     )
     parser.add_argument("--seed", type=int, default=0, help="retraining and control seed")
+    options.add_data_root(parser)
     options.add_device(parser)
     options.add_tracking_uri(parser)
     options.add_no_progress(parser)
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         random_draws=args.random_draws,
         tracking_uri=args.tracking_uri,
         progress=not args.no_progress,
+        data_root=args.data_root,
     )
     for line in summary_lines(result):
         print(line)

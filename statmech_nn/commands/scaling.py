@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--limit-train", type=int, default=None, help="train on at most N samples per subset"
     )
+    options.add_data_root(parser)
     options.add_device(parser)
     options.add_tracking_uri(parser)
     parser.set_defaults(func=run)
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         limit_train=args.limit_train,
         snp_options=snp_options,
         tracking_uri=args.tracking_uri,
+        data_root=args.data_root,
     )
     for i, k in enumerate(result["K"].values):
         print(

@@ -98,6 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="compute the matrices on a seeded random subset of this many samples",
     )
+    options.add_data_root(parser)
     options.add_device(parser)
     options.add_tracking_uri(parser)
     options.add_no_progress(parser)
@@ -126,7 +127,6 @@ def _add_foreign(group: Any) -> None:
         ),
     )
     group.add_argument("--dataset", default=None, help="the dataset it was trained on")
-    group.add_argument("--data-root", metavar="DIR", default=None, help="folder of the datasets")
     group.add_argument(
         "--data-option",
         type=_key_value,
@@ -192,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         limit_train=args.limit_train,
         limit_eval=args.limit_eval,
         tokens=args.tokens,
+        data_root=args.data_root,
         **readout,
     )
     for line in snp_summary(ds):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from statmech_nn.commands.options import add_tracking_uri
+from statmech_nn.commands.options import add_data_root, add_tracking_uri
 from statmech_nn.errors import ConfigError
 
 
@@ -127,6 +127,7 @@ def _add_problem_arguments(andc: argparse.ArgumentParser) -> None:
         help="cluster variant: smallest cluster whose labels are kept (default: 1)",
     )
     andc.add_argument("--device", default=None, help="device for building the feature cache")
+    add_data_root(andc)
     add_tracking_uri(andc)
     andc.add_argument(
         "--rebuild-cache", action="store_true", help="recompute the cached readout inputs"
@@ -173,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         tracking_uri=args.tracking_uri,
         rebuild_cache=args.rebuild_cache,
+        data_root=args.data_root,
     )
     for line in result_lines(result):
         print(line)

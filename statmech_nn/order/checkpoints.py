@@ -8,6 +8,7 @@ silencing, readout training, split and sample limits as the SNP run the analysis
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,18 +60,24 @@ def checkpoint_epochs(training_run_id: str) -> list[int]:
     return available
 
 
-def checkpoint_data(training_run_id: str, settings: dict[str, Any], epochs: list[int]) -> Any:
+def checkpoint_data(
+    training_run_id: str,
+    settings: dict[str, Any],
+    epochs: list[int],
+    data_root: str | os.PathLike | None = None,
+) -> Any:
     """The run's data as the SNP run saw it, after loading every checkpoint in ``epochs`` once.
 
     Loading them all first refuses a corrupt or foreign checkpoint (:class:`CheckpointError`)
-    before anything is logged.
+    before anything is logged. The data are read from ``data_root`` (see
+    :func:`~statmech_nn.data.data_for_analysis`).
     """
     from statmech_nn import tracking
     from statmech_nn.data import data_for_analysis
 
     configs = [tracking.load_checkpoint(training_run_id, epoch).config for epoch in epochs]
     config = configs[0] if configs else tracking.load_checkpoint(training_run_id).config
-    full = data_for_analysis(config, augment="none")
+    full = data_for_analysis(config, augment="none", data_root=data_root)
     limits: dict[str, int | None] = {
         "train": settings.get("limit_train"),
         "val": None,
@@ -89,10 +96,12 @@ def snp_over_checkpoints(
     device: str | None = None,
     progress: bool = False,
     splits: Any = None,
+    data_root: str | os.PathLike | None = None,
 ) -> Iterator[tuple[int, xr.Dataset]]:
     """Yield ``(epoch, SNP dataset)`` for each checkpoint of ``training_run_id`` (ascending).
 
-    ``splits`` is :func:`checkpoint_data`'s result (built here when not given).
+    ``splits`` is :func:`checkpoint_data`'s result (built here, from ``data_root``, when not
+    given).
     """
     from statmech_nn import snp, tracking
     from statmech_nn.snp.token_runs import token_for_checkpoint
@@ -100,7 +109,7 @@ def snp_over_checkpoints(
     available = checkpoint_epochs(training_run_id)
     wanted = available if epochs is None else [e for e in available if e in set(epochs)]
     if splits is None:
-        splits = checkpoint_data(training_run_id, settings, wanted[:1])
+        splits = checkpoint_data(training_run_id, settings, wanted[:1], data_root)
     settings = {k: v for k, v in settings.items() if k not in ("limit_train", "limit_eval")}
     for epoch in wanted:
         ckpt = tracking.load_checkpoint(training_run_id, epoch)

@@ -7,6 +7,7 @@ created, so a mistake leaves no FAILED run behind.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -77,12 +78,14 @@ def for_run(
     options: OrderOptions | None = None,
     tracking_uri: str | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    data_root: str | os.PathLike | None = None,
 ) -> OrderResult:
     """Order parameters of an SNP run (or a training run's newest), logged as an ``order`` child.
 
     With ``options.over_checkpoints`` every checkpoint of the training run is analysed with the
     SNP run's settings too (metrics logged with step = epoch, ``on_epoch(epoch, metrics)``
-    called after each).
+    called after each), on the data under ``data_root`` (see
+    :func:`~statmech_nn.data.data_for_analysis`).
     """
     from statmech_nn import snp, tracking
     from statmech_nn.snp.runs import find_snp_run
@@ -98,7 +101,7 @@ def for_run(
         )
     ds = snp.load_from_run(found.snp_run_id, tracking_uri=tracking.current_uri())
     snp_epoch = int(ds.attrs.get("checkpoint_epoch", -1))
-    plan = _plan_checkpoints(found, ds, snp_epoch) if options.over_checkpoints else None
+    plan = _plan_checkpoints(found, ds, snp_epoch, data_root) if options.over_checkpoints else None
     analysis = analyse(ds, options)
     parent = found.training_run_id or found.snp_run_id
     with tracking.run(
@@ -135,7 +138,9 @@ def summary(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={metrics[k]:.3g}" for k in keys)
 
 
-def _plan_checkpoints(found: Any, ds: xr.Dataset, snp_epoch: int) -> _CheckpointPlan:
+def _plan_checkpoints(
+    found: Any, ds: xr.Dataset, snp_epoch: int, data_root: str | os.PathLike | None
+) -> _CheckpointPlan:
     """The SNP run's settings and the checkpoints to analyse, all loaded once to check them."""
     from statmech_nn import tracking
     from statmech_nn.order.checkpoints import checkpoint_data, checkpoint_epochs, snp_settings
@@ -144,7 +149,7 @@ def _plan_checkpoints(found: Any, ds: xr.Dataset, snp_epoch: int) -> _Checkpoint
     settings = snp_settings(ds, tracking.get_run(found.snp_run_id).data.params)
     epochs = checkpoint_epochs(training)
     others = [e for e in epochs if e != snp_epoch]
-    splits = checkpoint_data(training, settings, others)
+    splits = checkpoint_data(training, settings, others, data_root)
     return _CheckpointPlan(training, settings, epochs, splits)
 
 

@@ -11,6 +11,7 @@ random (seeded draws) and is retrained the same way.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -147,11 +148,12 @@ def settings_for(
     )
 
 
-def data_for(config: Mapping[str, Any]) -> PruneData:
-    """The training run's data: its augmentation, and its ``limit_train`` / ``limit_eval``."""
+def data_for(config: Mapping[str, Any], data_root: str | os.PathLike | None = None) -> PruneData:
+    """The training run's data (from ``data_root``): its augmentation and its limits."""
     from statmech_nn.data import data_for_analysis
 
-    splits = data_for_analysis(config, augment=str(config.get("augment") or "none"))
+    augment = str(config.get("augment") or "none")
+    splits = data_for_analysis(config, augment=augment, data_root=data_root)
     data_seed = int(config.get("seed", 0))
     cut = splits.limited(
         data_seed,
@@ -285,12 +287,14 @@ def for_run(
     random_draws: int = 1,
     tracking_uri: str | None = None,
     progress: bool = False,
+    data_root: str | os.PathLike | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Network-level ANDC of training run ``run_id``, logged as an ``andc-network`` child run.
 
-    Uses the SNP tensor of ``snp_run_id`` (default: the run's newest SNP run) and the training
-    checkpoint it analysed. ``lr`` defaults to a tenth of the training learning rate,
-    ``weight_decay`` and ``batch_size`` to the training ones; the test split (and any
+    Uses the SNP tensor of ``snp_run_id`` (default: the run's newest SNP run), the training
+    checkpoint it analysed and the data under ``data_root`` (see
+    :func:`~statmech_nn.data.data_for_analysis`). ``lr`` defaults to a tenth of the training
+    learning rate, ``weight_decay`` and ``batch_size`` to the training ones; the test split (and any
     ``limit_train`` / ``limit_eval`` subset) is the training run's. ``random_draws`` seeded
     random controls (``seed + 1 + d``) are pruned and retrained the same way (0 skips them).
     The child run (tag ``statmech_nn.kind=andc-network``) gets the settings as params, metrics
@@ -310,7 +314,7 @@ def for_run(
     config = inputs.checkpoint.config
     settings = settings_for(config, epochs, lr, weight_decay, batch_size, seed)
     dev = resolve_device(device)
-    data = data_for(config)
+    data = data_for(config, data_root)
     with tracking.child_run(run_id, KIND) as active:
         child_id = active.info.run_id
         mlflow.set_tag(KIND_TAG, KIND)

@@ -96,9 +96,17 @@ def problem_folder(
 
 
 def load_sources(
-    ds: xr.Dataset, snp_run_id: str, kind: str, layers: Sequence[int], uri: str
+    ds: xr.Dataset,
+    snp_run_id: str,
+    kind: str,
+    layers: Sequence[int],
+    uri: str,
+    data_root: str | os.PathLike | None = None,
 ) -> Sources:
-    """The checkpoint, sites, readout settings and data subsets that the SNP run used."""
+    """The checkpoint, sites, readout settings and data subsets that the SNP run used.
+
+    The data are read from ``data_root`` (see :func:`~statmech_nn.data.data_for_analysis`).
+    """
     from mlflow.tracking import MlflowClient
 
     from statmech_nn import tracking
@@ -115,7 +123,7 @@ def load_sources(
     ckpt = tracking.load_checkpoint(training_run_id, int(ds.attrs["checkpoint_epoch"]))
     by_key = {(s.kind, s.layer): s for s in resolve(ckpt.model, list(ds.attrs["sites"]))}
     config = ReadoutConfig(**json.loads(ds.attrs["readout_config"]))
-    splits = data_for_analysis(ckpt.config, augment="none")
+    splits = data_for_analysis(ckpt.config, augment="none", data_root=data_root)
     split = getattr(splits, ds.attrs["split"])
     return Sources(
         checkpoint=ckpt,
@@ -260,6 +268,7 @@ def build_problem(
     progress: bool = True,
     tracking_uri: str | None = None,
     rebuild: bool = False,
+    data_root: str | os.PathLike | None = None,
 ) -> Path:
     """The ANDC problem folder of an SNP run (or a training run's newest SNP run).
 
@@ -279,7 +288,7 @@ def build_problem(
     folder = problem_folder(root, snp_run_id, kind, variant, min_cluster_size, chosen)
     if (folder / "problem.json").is_file() and not rebuild:
         return folder
-    src = load_sources(ds, snp_run_id, kind, chosen, uri)
+    src = load_sources(ds, snp_run_id, kind, chosen, uri, data_root)
     readouts, source = readouts_for(snp_run_id, src, uri, device, progress)
     split, readout = ds.attrs["split"], src.config.readout
     cache_meta = {"snp_run_id": snp_run_id, "split": split, "readout": readout}

@@ -8,6 +8,7 @@ feature cache is built, the Optuna study is created or the MLflow study run is s
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -104,11 +105,13 @@ def for_run(
     device: str | None = None,
     tracking_uri: str | None = None,
     rebuild_cache: bool = False,
+    data_root: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """An ANDC study on the readouts of an SNP run (or a training run's newest SNP run).
 
     Checks every option and, for a study that exists, that it was made with these settings;
-    then builds (once) the problem folder and runs :func:`run_andc_study` on it.
+    then builds (once) the problem folder, reading the data from ``data_root`` (see
+    :func:`~statmech_nn.data.data_for_analysis`), and runs :func:`run_andc_study` on it.
     """
     from statmech_nn import tracking
     from statmech_nn.snp.runs import find_snp_run
@@ -133,6 +136,7 @@ def for_run(
         device=device,
         tracking_uri=tracking_uri,
         rebuild=rebuild_cache,
+        data_root=data_root,
     )
     return run_andc_study(
         problem_dir,

@@ -108,11 +108,31 @@ def open_store(uri: str) -> None:
         with http_limits(PROBE) if is_remote(uri) else contextlib.nullcontext():
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # any failure means "store not usable"
-        what = "reach the MLflow tracking server" if is_remote(uri) else "open the MLflow store"
-        raise TrackingError(
-            f"cannot {what} at {uri}: {first_line(exc)}; start the server or pass another "
-            "--tracking-uri (default: sqlite:///mlruns/mlflow.db in the working directory)"
-        ) from exc
+        raise TrackingError(f"{_cannot_open(uri)}: {first_line(exc)}; {_advice(uri)}") from exc
+
+
+def _cannot_open(uri: str) -> str:
+    """What could not be opened: the tracking server, the SQLite file, or the database."""
+    if is_remote(uri):
+        return f"cannot reach the MLflow tracking server at {uri}"
+    db = sqlite_path(uri)
+    if db is not None:
+        return f"cannot open the MLflow store {db}"
+    return f"cannot open the MLflow store at {uri}"
+
+
+def _advice(uri: str) -> str:
+    """What to do about a store that does not open: a server, a SQLite file, another database."""
+    other = "--tracking-uri (default: sqlite:///mlruns/mlflow.db in the working directory)"
+    if is_remote(uri):
+        return f"start the server or pass another {other}"
+    db = sqlite_path(uri)
+    if db is not None:
+        return (
+            f"if {db.name} is corrupt, move it away (the next command creates a new one); else "
+            f"check that {db} and its folder are readable and writable, or pass another {other}"
+        )
+    return f"check that the database is running and the URI is right, or pass another {other}"
 
 
 def _relocate_default_experiment(db: Path, uri: str) -> None:
