@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-pytest.importorskip("transformers")
-pytest.importorskip("timm")
+needs_timm = pytest.mark.requires("timm")
+needs_hf = pytest.mark.requires("transformers")
 
 
 def _runs(filter_string: str):
@@ -33,7 +33,11 @@ def _library_weights(name: str, tmp_path, num_classes: int = 10):
 
 
 @pytest.mark.parametrize(
-    "name", ["timm:vit-tiny-digits", pytest.param("hf:vit-tiny-digits", marks=pytest.mark.slow)]
+    "name",
+    [
+        pytest.param("timm:vit-tiny-digits", marks=needs_timm),
+        pytest.param("hf:vit-tiny-digits", marks=[pytest.mark.slow, needs_hf]),
+    ],
 )
 def test_snp_and_order_of_a_model_trained_elsewhere(name, workdir, tmp_path, capsys):
     import torch
@@ -65,6 +69,7 @@ def test_snp_and_order_of_a_model_trained_elsewhere(name, workdir, tmp_path, cap
 
 
 @pytest.mark.slow  # an SNP pass and a 2-trial ANDC study
+@needs_timm
 def test_study_on_a_model_trained_elsewhere(workdir, tmp_path, capsys):
     """``study andc MODEL_RUN`` takes the model run like a training run: its newest SNP run."""
     from statmech_nn import cli
@@ -87,6 +92,7 @@ def test_study_on_a_model_trained_elsewhere(workdir, tmp_path, capsys):
     assert len([t for t in trials if t.info.status == "FINISHED"]) == 2
 
 
+@needs_hf
 def test_a_local_hugging_face_directory_is_a_model_too(workdir, tmp_path, capsys):
     from statmech_nn import cli, models
 
@@ -107,7 +113,11 @@ def test_a_local_hugging_face_directory_is_a_model_too(workdir, tmp_path, capsys
         (["RUNID", "--model", "hf:bert-tiny"], "not both"),
         ([], "RUN_ID, or --model"),
         (["--model", "hf:vit-tiny-digits"], "--dataset"),
-        (["--model", "hf:vit-tiny-digits", "--weights", "nope.pt", "--dataset", "digits"], "nope"),
+        pytest.param(
+            ["--model", "hf:vit-tiny-digits", "--weights", "nope.pt", "--dataset", "digits"],
+            "nope",
+            marks=needs_hf,  # without transformers the error is the install hint
+        ),
     ],
 )
 def test_bad_foreign_arguments_are_one_line_errors(extra, message, workdir, capsys):
