@@ -23,9 +23,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from statmech_nn import cli, tracking
-from statmech_nn.naming import KIND_STUDY, KIND_TAG, KIND_TRIAL
+from statmech_nn.naming import KIND_STUDY, KIND_TAG, KIND_TRIAL, TRIAL_LOGGED_TAG
 from statmech_nn.studies.mlflow_runs import (
-    LOGGED_TAG,
     MlflowTarget,
     MlflowTrialLogger,
     _study_run,
@@ -69,7 +68,7 @@ def _one_final_run_per_trial(client, target, study):
     finished = sorted(t.number for t in study.get_trials() if t.state.is_finished())
     assert numbers == finished
     assert all(r.info.status in ("FINISHED", "FAILED") for r in runs)
-    assert all(r.data.tags.get(LOGGED_TAG) == "1" for r in runs)
+    assert all(r.data.tags.get(TRIAL_LOGGED_TAG) == "1" for r in runs)
     return runs
 
 
@@ -87,7 +86,7 @@ def test_a_complete_trial_without_a_run_gets_one(target):
 def test_a_run_killed_mid_callback_is_replaced_not_duplicated(target):
     target, client = target
     study = _study_with_trials(2)
-    # What a kill inside the callback leaves: a RUNNING trial run without metrics or LOGGED_TAG.
+    # What a kill inside the callback leaves: a RUNNING trial run, no metrics, no logged tag.
     client.create_run(
         target.experiment_id,
         tags={

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from statmech_nn.errors import ConfigError
+from statmech_nn.naming import SOURCE_TAG
 
-SOURCE_TAG = "statmech_nn.source"
 """Tag of a run that holds a model trained elsewhere (value ``foreign``)."""
 
 FOREIGN = "foreign"

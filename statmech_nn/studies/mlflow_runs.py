@@ -15,7 +15,18 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from statmech_nn import processes
-from statmech_nn.naming import KIND_STUDY, KIND_TAG, KIND_TRIAL
+from statmech_nn.naming import (
+    KIND_STUDY,
+    KIND_TAG,
+    KIND_TRIAL,
+    STUDY_NAME_TAG,
+    STUDY_STORAGE_TAG,
+    TRIAL_LOGGED_TAG,
+    TRIAL_NUMBER_TAG,
+    TRIAL_RETRY_TAG,
+    TRIAL_STATE_TAG,
+    TRIAL_STUDY_TAG,
+)
 from statmech_nn.studies.objectives import METRICS_ATTR
 from statmech_nn.studies.storage import _redact
 from statmech_nn.tracking import PROCESS_TAG
@@ -54,7 +65,6 @@ def _ms(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp() * 1000)
 
 
-LOGGED_TAG = "optuna.logged"
 """Set on a trial run once its params and metrics are written: a run without it is incomplete."""
 
 
@@ -104,9 +114,9 @@ class MlflowTrialLogger:
         if not trial.state.is_finished():
             return
         runs = self._runs_of(trial.number)
-        if any(run.data.tags.get(LOGGED_TAG) == "1" for run in runs):
+        if any(run.data.tags.get(TRIAL_LOGGED_TAG) == "1" for run in runs):
             for run in runs:
-                if run.data.tags.get(LOGGED_TAG) != "1":
+                if run.data.tags.get(TRIAL_LOGGED_TAG) != "1":
                     _retrying(functools.partial(self.client.delete_run, run.info.run_id))
             return
         for run in runs:
@@ -116,9 +126,9 @@ class MlflowTrialLogger:
     def reconcile(self, study: optuna.Study) -> int:
         """Give every finished trial of ``study`` exactly one complete run; returns runs written."""
         done = {
-            int(run.data.tags["optuna.trial_number"])
+            int(run.data.tags[TRIAL_NUMBER_TAG])
             for run in self._runs_of(None)
-            if run.data.tags.get(LOGGED_TAG) == "1" and run.info.status != "RUNNING"
+            if run.data.tags.get(TRIAL_LOGGED_TAG) == "1" and run.info.status != "RUNNING"
         }
         written = 0
         for trial in study.get_trials(deepcopy=False):
@@ -134,7 +144,7 @@ class MlflowTrialLogger:
             f"tags.`{KIND_TAG}` = '{KIND_TRIAL}'"
         )
         if number is not None:
-            query += f" and tags.`optuna.trial_number` = '{number}'"
+            query += f" and tags.`{TRIAL_NUMBER_TAG}` = '{number}'"
         found: list[Any] = []
         token = None
         while True:
@@ -159,13 +169,13 @@ class MlflowTrialLogger:
             "mlflow.parentRunId": self.target.study_run_id,
             "mlflow.runName": f"trial-{trial.number}",
             KIND_TAG: KIND_TRIAL,
-            "optuna.study_name": self.target.study_name,
-            "optuna.trial_number": str(trial.number),
-            "optuna.state": trial.state.name,
+            TRIAL_STUDY_TAG: self.target.study_name,
+            TRIAL_NUMBER_TAG: str(trial.number),
+            TRIAL_STATE_TAG: trial.state.name,
         }
         retried = trial.system_attrs.get("failed_trial")
         if retried is not None:
-            tags["optuna.retry_of"] = str(retried)
+            tags[TRIAL_RETRY_TAG] = str(retried)
         start = _ms(trial.datetime_start)
         end = _ms(trial.datetime_complete) or int(time.time() * 1000)
         run = _retrying(
@@ -186,7 +196,7 @@ class MlflowTrialLogger:
         _retrying(lambda: self.client.log_batch(run_id, metrics=batch_metrics, params=params))
         status = "FINISHED" if trial.state == TrialState.COMPLETE else "FAILED"
         _retrying(lambda: self.client.set_terminated(run_id, status, end_time=end))
-        _retrying(lambda: self.client.set_tag(run_id, LOGGED_TAG, "1"))
+        _retrying(lambda: self.client.set_tag(run_id, TRIAL_LOGGED_TAG, "1"))
 
 
 def _metric_names(study: optuna.Study) -> list[str]:
@@ -204,7 +214,7 @@ def _study_run(client: Any, snp_run_id: str, study_name: str, storage: str) -> s
             [exp],
             filter_string=(
                 f"tags.mlflow.parentRunId = '{snp_run_id}' and "
-                f"tags.`statmech.study_name` = '{study_name}'"
+                f"tags.`{STUDY_NAME_TAG}` = '{study_name}'"
             ),
             max_results=1,
         )
@@ -219,8 +229,8 @@ def _study_run(client: Any, snp_run_id: str, study_name: str, storage: str) -> s
         "mlflow.runName": "study",
         KIND_TAG: KIND_STUDY,
         PROCESS_TAG: json.dumps(processes.identity()),
-        "statmech.study_name": study_name,
-        "statmech.optuna_storage": _redact(storage),
+        STUDY_NAME_TAG: study_name,
+        STUDY_STORAGE_TAG: _redact(storage),
     }
     run = _retrying(lambda: client.create_run(exp, run_name="study", tags=tags))
     return run.info.run_id
