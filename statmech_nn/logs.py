@@ -101,17 +101,35 @@ def configure(
     quiet_libraries(verbose > 0)
 
 
+_library_level: int | None = None
+"""The level :func:`quiet_libraries` chose for the libraries' loggers; ``None`` until called
+(a user of the Python API keeps the libraries' own levels)."""
+
+
 def quiet_libraries(verbose: bool = False) -> None:
     """Libraries at WARNING (INFO with ``verbose``); no MLflow artifact download bars.
 
     ``MLFLOW_LOGGING_LEVEL`` is what MLflow reads when it is imported (a user's value is kept);
     the loggers already created are set directly.
     """
-    level = logging.INFO if verbose else logging.WARNING
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(level))
+    global _library_level
+    _library_level = logging.INFO if verbose else logging.WARNING
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(_library_level))
     if not verbose:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    apply_library_levels()
+
+
+def apply_library_levels() -> None:
+    """Set the libraries' loggers to the level :func:`quiet_libraries` chose, if it was called.
+
+    Called again where a library is imported that sets its own level on import: Optuna's
+    first logger puts ``optuna`` at INFO, so a study created after ``configure`` printed
+    "A new study created" (:mod:`statmech_nn.studies` calls this once Optuna is imported).
+    """
+    if _library_level is None:
+        return
     for name in LIBRARIES:
-        if name == "sqlalchemy.engine" and verbose:
+        if name == "sqlalchemy.engine" and _library_level < logging.WARNING:
             continue  # SQL echo is never wanted, not even with -v
-        logging.getLogger(name).setLevel(level)
+        logging.getLogger(name).setLevel(_library_level)

@@ -149,3 +149,23 @@ def test_mlflow_download_bars_only_with_verbose(verbose, workdir, monkeypatch, c
     )
     assert sorted(p.name for p in (workdir / "out" / "files").iterdir()) == ["a.txt", "b.txt"]
     assert ("Downloading artifacts" in capfd.readouterr().err) == bool(verbose)
+
+
+@pytest.mark.slow  # a fresh interpreter: Optuna must be imported after the CLI set the levels
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_optuna_imported_after_configure_stays_quiet_unless_verbose(verbose, tmp_path):
+    import subprocess
+
+    from _tiny import subprocess_env
+
+    code = (
+        f"from statmech_nn import logs; logs.configure(verbose={verbose})\n"
+        "from statmech_nn import studies\n"
+        "import optuna; optuna.create_study(study_name='fresh')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert ("A new study created" in done.stderr) == bool(verbose), done.stderr

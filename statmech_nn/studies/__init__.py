@@ -26,6 +26,7 @@ problem), ``build`` (the problem of an SNP run), ``objectives``, ``summary``, ``
 
 from __future__ import annotations
 
+from statmech_nn import logs
 from statmech_nn.studies.build import build_problem, stderr
 from statmech_nn.studies.mlflow_runs import MlflowTarget, MlflowTrialLogger
 from statmech_nn.studies.objectives import (
@@ -133,3 +134,5 @@ __all__ = [
     "trial_rows",
     "worker_tag",
 ]
+
+logs.apply_library_levels()  # Optuna, just imported, put its logger back at INFO
