@@ -35,12 +35,67 @@ class _Images(HTMLParser):
             self._in_heading = False
 
 
+def _unlabelled(fig) -> list[str]:
+    """What a paper figure would lack: per plotting axes an x label (in a grid of panels: on
+    its bottom row) and a y label (on its left column), a title (or the figure's), per colour
+    bar a label."""
+    missing = []
+    titled = bool(fig._suptitle and fig._suptitle.get_text())
+    for index, ax in enumerate(fig.axes):
+        if not ax.get_visible() or not ax.has_data():
+            continue
+        colorbar = getattr(ax, "_colorbar", None)
+        if colorbar is not None:
+            if not (ax.get_ylabel() or ax.get_xlabel()):
+                missing.append(f"axes {index}: colour bar without a label")
+            continue
+        spec = ax.get_subplotspec()
+        needs_x = spec is None or spec.is_last_row() or not _panel_below(fig, ax)
+        needs_y = spec is None or spec.is_first_col()
+        for what, text, needed in (
+            ("x label", ax.get_xlabel(), needs_x),
+            ("y label", ax.get_ylabel(), needs_y),
+        ):
+            if needed and not text:
+                missing.append(f"axes {index} ({ax.get_title()}): no {what}")
+        if not (ax.get_title() or titled):
+            missing.append(f"axes {index}: no title")
+    return missing
+
+
+def _panel_below(fig, ax) -> bool:
+    """Whether another drawn panel of ``ax``'s grid sits in the same column below it."""
+    spec = ax.get_subplotspec()
+    for other in fig.axes:
+        theirs = other.get_subplotspec()
+        if other is ax or theirs is None or not other.has_data():
+            continue
+        same_grid = theirs.get_gridspec() is spec.get_gridspec()
+        below = theirs.rowspan.start > spec.rowspan.start
+        if same_grid and theirs.colspan == spec.colspan and below:
+            return True
+    return False
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_demo_pipeline_logs_every_artifact(workdir, capsys):
+def test_demo_pipeline_logs_every_artifact(workdir, capsys, monkeypatch):
+    from statmech_nn import cooperation_figures, figures
+
+    saved: dict[str, list[str]] = {}
+    save = figures.save_figure
+
+    def checked_save(fig, path):
+        saved[Path(path).name] = _unlabelled(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "save_figure", checked_save)
+    monkeypatch.setattr(cooperation_figures, "save_figure", checked_save)
     argv = ["demo", "--epochs", "1", "--trials", "4", "--readout-epochs", "1"]
     argv += ["--limit-train", "192", "--limit-eval", "96", "--device", "cpu"]
     assert main(argv) == 0
+    assert len(saved) >= 6, saved  # every figure of the demo passes through save_figure
+    assert {name: gaps for name, gaps in saved.items() if gaps} == {}
     out = capsys.readouterr().out
     train_run = out.strip().splitlines()[-1]
 
