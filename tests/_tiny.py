@@ -136,3 +136,28 @@ def subprocess_env(drop: Callable[[str], bool] = lambda name: False) -> dict[str
     thread, no bars, without the variables ``drop`` names."""
     env = {k: v for k, v in os.environ.items() if not drop(k)}
     return {**env, "PYTHONPATH": str(CHECKOUT), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def interrupted_and_resumed(config: object, experiment: str) -> tuple[str, str]:
+    """Train ``config`` uninterrupted, then again stopped (Ctrl-C) after epoch 1 and resumed;
+    returns ``(resumed run id, uninterrupted run id)``. The stopped run is KILLED with the
+    checkpoints of epochs 0 and 1 only, and its resume continues in the same run."""
+    import mlflow
+    import pytest
+
+    from statmech_nn import tracking
+    from statmech_nn.train import train
+
+    reference = train(config)
+
+    def stop_after_first(epoch: int, metrics: object) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, on_epoch_end=stop_after_first)
+    killed = mlflow.search_runs(experiment_names=[experiment], filter_string="status = 'KILLED'")
+    run_id = str(killed.run_id.item())
+    assert tracking.list_checkpoints(run_id) == [0, 1]
+    assert train(resume_run_id=run_id) == run_id
+    return run_id, reference

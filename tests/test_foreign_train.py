@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from _tiny import interrupted_and_resumed
 
 
 @pytest.mark.slow
@@ -16,21 +17,9 @@ import pytest
 )
 def test_tiny_vit_trains_and_is_analysed_by_heads(name, workdir, capsys, child_runs):
     from statmech_nn import cli, tracking
-    from statmech_nn.train import TrainConfig, train
+    from statmech_nn.train import train
 
-    config = TrainConfig(
-        model=name,
-        dataset="digits",
-        img_size=16,
-        epochs=6,
-        batch_size=32,
-        lr=3e-3,
-        warmup_epochs=0.5,
-        limit_train=640,
-        limit_eval=200,
-        device="cpu",
-        amp=False,
-    )
+    config = _config(name, epochs=6, limit_train=640, limit_eval=200, experiment="statmech-nn")
     run_id = train(config)
     loaded = tracking.load_checkpoint(run_id)
     assert loaded.model_config["name"] == name
@@ -118,25 +107,11 @@ def test_fine_tuning_a_local_hugging_face_directory_starts_from_its_weights(
 )
 def test_resumed_foreign_training_gives_the_uninterrupted_weights(name, workdir):
     """Stopped after epoch 1 of 2 and resumed, a run ends with the uninterrupted run's weights."""
-    import mlflow
     import torch
 
     from statmech_nn import tracking
-    from statmech_nn.train import train
 
-    config = _config(name)
-    reference = train(config)
-
-    def stop_after_first(epoch, metrics):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config, on_epoch_end=stop_after_first)
-    killed = mlflow.search_runs(experiment_names=["foreign"], filter_string="status = 'KILLED'")
-    run_id = killed.run_id.item()
-    assert tracking.list_checkpoints(run_id) == [0, 1]
-    assert train(resume_run_id=run_id) == run_id
+    run_id, reference = interrupted_and_resumed(_config(name), "foreign")
     assert tracking.list_checkpoints(run_id) == [0, 1, 2]
     ours, theirs = _weights(run_id), _weights(reference)
     assert ours.keys() == theirs.keys()

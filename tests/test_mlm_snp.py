@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from _tiny import TINY_MLM
+from _tiny import TINY_MLM, interrupted_and_resumed
 
 from statmech_nn import cli, snp, tracking
 from statmech_nn.data import data_for_analysis
@@ -37,19 +37,7 @@ def history(run_id: str, name: str) -> dict[int, float]:
 
 @pytest.mark.slow
 def test_a_resumed_mlm_run_ends_with_the_uninterrupted_weights(workdir):
-    config = TrainConfig(epochs=3, seed=3, **TINY_MLM)
-    reference = train(config)
-
-    def stop_after_first(epoch, metrics):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config, on_epoch_end=stop_after_first)
-    killed = mlflow.search_runs(experiment_names=["mlm"], filter_string="status = 'KILLED'")
-    run_id = killed.run_id.item()
-    assert tracking.list_checkpoints(run_id) == [0, 1]
-    assert train(resume_run_id=run_id) == run_id
+    run_id, reference = interrupted_and_resumed(TrainConfig(epochs=3, seed=3, **TINY_MLM), "mlm")
     ours, theirs = final_model(run_id), final_model(reference)
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)

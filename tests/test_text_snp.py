@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import mlflow
 import pytest
 import torch
+from _tiny import interrupted_and_resumed
 
 pytest.importorskip("transformers")
 
@@ -174,20 +174,9 @@ def text_config(**overrides):
 @pytest.mark.slow
 def test_resumed_text_fine_tuning_gives_the_uninterrupted_weights(workdir):
     from statmech_nn import tracking
-    from statmech_nn.train import train
 
     config = text_config(epochs=2, dataset_options={"max_length": 24, **SMALL})
-    reference = train(config)
-
-    def stop_after_first(epoch, metrics):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config, on_epoch_end=stop_after_first)
-    run_id = mlflow.search_runs(experiment_names=["text"], filter_string="status = 'KILLED'")
-    run_id = run_id.run_id.item()
-    assert train(resume_run_id=run_id) == run_id
+    run_id, reference = interrupted_and_resumed(config, "text")
     assert tracking.list_checkpoints(run_id) == [0, 1, 2]
     ours, theirs = final_weights(run_id), final_weights(reference)
     assert ours.keys() == theirs.keys()

@@ -7,6 +7,7 @@ import math
 import mlflow
 import pytest
 import torch
+from _tiny import interrupted_and_resumed
 
 from statmech_nn import cli, models, recipes, tracking
 from statmech_nn.data import data_for_config
@@ -101,20 +102,7 @@ def final_state_at(run_id: str, epoch: int) -> dict:
 def test_resume_after_an_interruption_gives_the_uninterrupted_weights(workdir):
     # "basic" augmentation, dropout and stochastic depth all draw random numbers: the resumed run
     # must replay them exactly.
-    config = tiny(epochs=3, augment="basic", seed=1)
-    reference = train(config)
-
-    def stop_after_first(epoch, metrics):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config, on_epoch_end=stop_after_first)
-    interrupted = mlflow.search_runs(experiment_names=["t"], filter_string="status = 'KILLED'")
-    run_id = interrupted.run_id.item()
-    assert tracking.list_checkpoints(run_id) == [0, 1]
-
-    assert train(resume_run_id=run_id) == run_id
+    run_id, reference = interrupted_and_resumed(tiny(epochs=3, augment="basic", seed=1), "t")
     assert tracking.get_run(run_id).info.status == "FINISHED"
     assert tracking.list_checkpoints(run_id) == [0, 1, 2, 3]
     ours, theirs = final_state(run_id), final_state(reference)
