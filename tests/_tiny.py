@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -161,3 +162,24 @@ def interrupted_and_resumed(config: object, experiment: str) -> tuple[str, str]:
     assert tracking.list_checkpoints(run_id) == [0, 1]
     assert train(resume_run_id=run_id) == run_id
     return run_id, reference
+
+
+def kept_masked_positions(
+    model: Any, data: Any, tokens: list[int]
+) -> Iterator[tuple[Any, int, int]]:
+    """Literally, one sequence at a time through the Hugging Face model: for every masked
+    position whose token is one of ``tokens``, ``(output with hidden states, position, label)``
+    where the label is the token's index in ``tokens``. Hooks on the model see that sequence."""
+    from statmech_nn.data.mlm import IGNORE_INDEX
+
+    for index in range(len(data)):
+        x, y = data[index]
+        with torch.no_grad():
+            out = model.net(
+                input_ids=x["input_ids"][None],
+                attention_mask=x["attention_mask"][None],
+                output_hidden_states=True,
+            )
+        for t in range(len(y)):
+            if y[t] != IGNORE_INDEX and int(y[t]) in tokens:
+                yield out, t, tokens.index(int(y[t]))

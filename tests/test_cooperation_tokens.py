@@ -15,14 +15,14 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from _tiny import TINY_MLM
+from _tiny import TINY_MLM, kept_masked_positions
 from torch.nn import functional as F
 
 from statmech_nn import cli, cooperation_run, snp, tracking
 from statmech_nn.cooperation import draw_seed
 from statmech_nn.cooperation_sources import feature_form, snp_sources, token_readouts
 from statmech_nn.data import data_for_analysis
-from statmech_nn.data.mlm import IGNORE_INDEX, MaskedTokens, masking_for
+from statmech_nn.data.mlm import MaskedTokens, masking_for
 from statmech_nn.errors import ConfigError
 from statmech_nn.sites import resolve
 from statmech_nn.train import TrainConfig, train
@@ -46,18 +46,9 @@ def test_token_runs_always_read_one_position_per_sample():
 def literal_positions(model, data, tokens):
     """``([P, N] block-LAYER outputs, [P] labels)`` at the masked positions of the K tokens."""
     acts, labels = [], []
-    for index in range(len(data)):
-        x, y = data[index]
-        with torch.no_grad():
-            out = model.net(
-                input_ids=x["input_ids"][None],
-                attention_mask=x["attention_mask"][None],
-                output_hidden_states=True,
-            )
-        for t in range(len(y)):
-            if y[t] != IGNORE_INDEX and int(y[t]) in tokens:
-                acts.append(out.hidden_states[LAYER + 1][0, t])
-                labels.append(tokens.index(int(y[t])))
+    for out, t, label in kept_masked_positions(model, data, tokens):
+        acts.append(out.hidden_states[LAYER + 1][0, t])
+        labels.append(label)
     return torch.stack(acts), torch.as_tensor(labels)
 
 

@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from _tiny import TINY_MLM, interrupted_and_resumed
+from _tiny import TINY_MLM, interrupted_and_resumed, kept_masked_positions
 
 from statmech_nn import cli, snp, tracking
 from statmech_nn.data import data_for_analysis
@@ -66,21 +66,11 @@ def literal_matrices(model, sites, weights, data, tokens):
     positions = {s.name: [] for s in sites}
     truth = []
     try:
-        for index in range(len(data)):
-            x, y = data[index]
-            with torch.no_grad():
-                out = model.net(
-                    input_ids=x["input_ids"][None],
-                    attention_mask=x["attention_mask"][None],
-                    output_hidden_states=True,
-                )
-            for t in range(len(y)):
-                if y[t] == IGNORE_INDEX or int(y[t]) not in tokens:
-                    continue
-                truth.append(tokens.index(int(y[t])))
-                for s in sites:
-                    a = heads_in[s.layer] if s.kind == "mha" else out.hidden_states[s.layer + 1]
-                    positions[s.name].append(a[0, t].double())
+        for out, t, label in kept_masked_positions(model, data, tokens):
+            truth.append(label)
+            for s in sites:
+                a = heads_in[s.layer] if s.kind == "mha" else out.hidden_states[s.layer + 1]
+                positions[s.name].append(a[0, t].double())
     finally:
         for h in hooks:
             h.remove()
