@@ -18,11 +18,10 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from _tiny import subprocess_env
 
-import statmech_nn
 from statmech_nn import cli, tracking
 
-PACKAGE_PARENT = Path(statmech_nn.__file__).resolve().parent.parent
 SNP_TINY = ["--sites", "mha,ff", "--readout-epochs", "1", "--batch-size", "32",
             "--limit-train", "48", "--limit-eval", "24", "--device", "cpu",
             "--no-progress"]  # fmt: skip
@@ -208,6 +207,14 @@ def test_a_bug_still_shows_its_traceback(workdir, monkeypatch):
         cli.main(["order", ANY_RUN])
 
 
+def _cli_env() -> dict[str, str]:
+    """A fresh ``statmech-nn``'s environment: this checkout, no MLflow settings, no warnings."""
+    return {
+        **subprocess_env(drop=lambda name: name.startswith("MLFLOW_")),
+        "PYTHONWARNINGS": "ignore",
+    }
+
+
 def _without_root_override() -> list[str] | None:
     """A command prefix under which even root obeys file modes (``setpriv`` dropping the
     capabilities that override them), ``[]`` for other users, ``None`` if root cannot drop it."""
@@ -229,8 +236,10 @@ def test_read_only_mlruns_is_one_line(in_store):
         pytest.skip("root here cannot drop the capability to write into read-only folders")
     mlruns = in_store.root / "mlruns"
     modes = {p: p.stat().st_mode for p in [mlruns, *mlruns.rglob("*")]}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(PYTHONPATH=str(PACKAGE_PARENT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env = {
+        **subprocess_env(drop=lambda name: name.startswith("MLFLOW_")),
+        "PYTHONWARNINGS": "ignore",
+    }
     try:
         for p in modes:
             p.chmod(modes[p] & ~0o222)
@@ -249,8 +258,10 @@ def test_read_only_mlruns_is_one_line(in_store):
 
 @pytest.mark.slow  # a fresh interpreter imports torch and mlflow
 def test_the_installed_command_exits_2_with_one_line(workdir):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(PYTHONPATH=str(PACKAGE_PARENT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env = {
+        **subprocess_env(drop=lambda name: name.startswith("MLFLOW_")),
+        "PYTHONWARNINGS": "ignore",
+    }
     argv = ["study", "andc", ANY_RUN, "--storage", "sqlite://"]
     done = subprocess.run(
         [sys.executable, "-m", "statmech_nn", *argv],
